@@ -1,0 +1,1 @@
+"""fedrec client node: ClientApp, local trainer, privacy, node state, recommender, data-owner commands."""

@@ -1,0 +1,160 @@
+"""Local training in plain PyTorch (no Flower, no Opacus here).
+
+Implicit task: each sample is one training positive with ``k`` fresh negatives
+drawn uniformly from the catalog among items the user has not interacted with
+in training (BCE). Explicit task: each sample is one rating (MSE on
+``lo + (hi-lo)·σ(logit)``). Batches come from a NumPy generator the caller
+derives from (seed, node, round), so training is deterministic.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from shared.config import RunConfig
+from shared.interactions import InteractionData
+from shared.losses import PerSampleBCE, PerSampleMSE
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the trainer needs from the run config."""
+
+    task: str = "implicit"
+    num_negatives: int = 4
+    batch_size: int = 256
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    value_range: tuple[float, float] = (1.0, 5.0)
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, value_range: tuple[float, float] = (1.0, 5.0)) -> TrainSettings:
+        return cls(
+            task=cfg.task,
+            num_negatives=cfg.num_negatives,
+            batch_size=cfg.batch_size,
+            optimizer=cfg.optimizer,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            value_range=value_range,
+        )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of local training: mean per-sample loss over all steps."""
+
+    loss: float
+    num_examples: int
+    steps: int
+    seconds: float
+
+
+def make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
+    """Adam or SGD (momentum 0.9) with L2 weight decay."""
+    params = [p for p in params if p.requires_grad]
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
+
+
+def make_criterion(s: TrainSettings, reduction: str = "mean") -> nn.Module:
+    """The per-sample criterion of the task."""
+    if s.task == "implicit":
+        return PerSampleBCE(reduction)
+    return PerSampleMSE(*s.value_range, reduction=reduction)
+
+
+def sample_negatives(
+    data: InteractionData, users: np.ndarray, k: int, rng: np.random.Generator, *, max_tries: int = 8
+) -> np.ndarray:
+    """(len(users), k) uniform items not in each user's training set.
+
+    Rejection sampling against the sorted keys ``user * n_items + item`` of the
+    training CSR (sorted by user, then item). After ``max_tries`` redraws any
+    remaining collision is kept (only possible for users who saw almost everything).
+    """
+    n_items = data.n_items
+    keys = data.train_users().astype(np.int64) * n_items + data.train_items
+    neg = rng.integers(0, n_items, size=(len(users), k))
+    for _ in range(max_tries):
+        probe = users[:, None].astype(np.int64) * n_items + neg
+        pos = np.searchsorted(keys, probe).clip(max=len(keys) - 1) if len(keys) else probe * 0
+        hit = keys[pos] == probe if len(keys) else np.zeros_like(probe, bool)
+        if not hit.any():
+            break
+        neg[hit] = rng.integers(0, n_items, size=int(hit.sum()))
+    return neg
+
+
+def implicit_batches(data: InteractionData, s: TrainSettings, rng: np.random.Generator) -> Iterator[Batch]:
+    """Shuffled (users (B,), items (B, 1+k), targets (B, 1+k)) over every training positive."""
+    users_all = data.train_users()
+    order = rng.permutation(data.n_train)
+    for start in range(0, len(order), s.batch_size):
+        idx = order[start : start + s.batch_size]
+        users = users_all[idx]
+        negs = sample_negatives(data, users, s.num_negatives, rng)
+        items = np.concatenate([data.train_items[idx, None], negs], axis=1)
+        targets = np.zeros(items.shape, np.float32)
+        targets[:, 0] = 1.0
+        yield torch.from_numpy(users), torch.from_numpy(items), torch.from_numpy(targets)
+
+
+def explicit_batches(data: InteractionData, s: TrainSettings, rng: np.random.Generator) -> Iterator[Batch]:
+    """Shuffled (users (B,), items (B, 1), ratings (B, 1))."""
+    users_all = data.train_users()
+    order = rng.permutation(data.n_train)
+    for start in range(0, len(order), s.batch_size):
+        idx = order[start : start + s.batch_size]
+        yield (
+            torch.from_numpy(users_all[idx]),
+            torch.from_numpy(data.train_items[idx, None]),
+            torch.from_numpy(data.train_values[idx, None]),
+        )
+
+
+def batches(data: InteractionData, s: TrainSettings, rng: np.random.Generator) -> Iterator[Batch]:
+    """The task's batch stream for one epoch."""
+    return implicit_batches(data, s, rng) if s.task == "implicit" else explicit_batches(data, s, rng)
+
+
+def train_epochs(
+    model: nn.Module,
+    data: InteractionData,
+    s: TrainSettings,
+    *,
+    epochs: int,
+    rng: np.random.Generator,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> TrainResult:
+    """Train ``model`` in place for ``epochs`` passes over ``data``'s training interactions."""
+    start = time.perf_counter()
+    optimizer = optimizer or make_optimizer(model.parameters(), s)
+    criterion = make_criterion(s)
+    model.train()
+    loss_sum, seen, steps = 0.0, 0, 0
+    for _ in range(epochs):
+        for users, items, targets in batches(data, s, rng):
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(model(users, items), targets)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(users)
+            seen += len(users)
+            steps += 1
+    return TrainResult(
+        loss=loss_sum / max(seen, 1),
+        num_examples=data.n_train,
+        steps=steps,
+        seconds=time.perf_counter() - start,
+    )

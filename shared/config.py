@@ -1,0 +1,192 @@
+"""The typed run configuration.
+
+One flat set of kebab-case keys, the same as ``[tool.flwr.app.config]`` in
+``pyproject.toml`` (a test keeps the two equal), overridable with
+``flwr run --run-config`` or ``fedrec ... --set key=value``. Everything reads the
+:class:`RunConfig` built by :func:`RunConfig.from_mapping`, which validates every
+key once and names the key on error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+
+Scalar = bool | int | float | str
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _choice(*options: str) -> dict[str, Any]:
+    return {"choices": options}
+
+
+def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict[str, Any]:
+    return {"range": (lo, hi, lo_open)}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every knob of a fedrec run. Field ``foo_bar`` is run-config key ``foo-bar``."""
+
+    seed: int = 42
+    # --- data --------------------------------------------------------------
+    data_path: str = "synthetic"  # a prepared dataset dir, or "synthetic" for the embedded generator
+    synthetic_users: int = field(default=943, metadata=_range(10))
+    synthetic_items: int = field(default=1682, metadata=_range(20))
+    partitioner: str = field(default="silos", metadata=_choice("silos", "user-per-node", "dirichlet"))
+    num_partitions: int = field(default=2, metadata=_range(1))
+    dirichlet_alpha: float = field(default=0.5, metadata=_range(0, lo_open=True))
+    # --- model -------------------------------------------------------------
+    model: str = field(default="neumf", metadata=_choice("neumf", "gmf", "mlp"))
+    task: str = field(default="implicit", metadata=_choice("implicit", "explicit"))
+    embedding_dim: int = field(default=32, metadata=_range(1, 1024))
+    mlp_layers: str = "64,32,16"
+    num_negatives: int = field(default=4, metadata=_range(1, 1000))
+    # --- local training ----------------------------------------------------
+    optimizer: str = field(default="adam", metadata=_choice("adam", "sgd"))
+    lr: float = field(default=0.001, metadata=_range(0, lo_open=True))
+    weight_decay: float = field(default=0.0, metadata=_range(0))
+    batch_size: int = field(default=256, metadata=_range(1))
+    local_epochs: int = field(default=1, metadata=_range(1))
+    # --- centralized reference ---------------------------------------------
+    epochs: int = field(default=20, metadata=_range(1))
+    # --- evaluation ----------------------------------------------------------
+    top_k: int = field(default=10, metadata=_range(1, 1000))
+    eval_every: int = field(default=1, metadata=_range(1))
+    patience: int = field(default=5, metadata=_range(0))
+    full_rank: bool = True
+
+    # ------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if "choices" in f.metadata and value not in f.metadata["choices"]:
+                raise ConfigError(_key(f.name), f"{value!r} is not one of {', '.join(f.metadata['choices'])}")
+            if "range" in f.metadata:
+                lo, hi, lo_open = f.metadata["range"]
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(_key(f.name), f"{value!r} is not a finite number")
+                if lo is not None and (value < lo or (lo_open and value == lo)):
+                    raise ConfigError(_key(f.name), f"{value!r} must be {'>' if lo_open else '>='} {lo}")
+                if hi is not None and value > hi:
+                    raise ConfigError(_key(f.name), f"{value!r} must be <= {hi}")
+        _ = self.hidden_layers  # validates mlp-layers
+
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        """``mlp-layers`` parsed: comma-separated positive ints, e.g. ``"64,32,16"``."""
+        try:
+            layers = tuple(int(x) for x in self.mlp_layers.split(",") if x.strip())
+        except ValueError:
+            raise ConfigError("mlp-layers", f"{self.mlp_layers!r} is not a comma-separated list of ints") from None
+        if not layers or any(n <= 0 for n in layers):
+            raise ConfigError("mlp-layers", f"{self.mlp_layers!r} needs one or more positive layer sizes")
+        return layers
+
+    # ------------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> dict[str, dataclasses.Field]:
+        """Run-config key -> dataclass field."""
+        return {_key(f.name): f for f in fields(cls)}
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any], *, strict: bool = True) -> RunConfig:
+        """Validate a kebab-case mapping (e.g. Flower's ``context.run_config``).
+
+        Unknown keys raise :class:`ConfigError` when ``strict`` (Flower adds none
+        of its own to run_config, so a stray key is a typo). Missing keys take
+        the defaults.
+        """
+        known = cls.keys()
+        kwargs: dict[str, Any] = {}
+        for key, raw in mapping.items():
+            if key not in known:
+                if strict:
+                    raise ConfigError(key, f"unknown key (known: {', '.join(sorted(known))})")
+                continue
+            f = known[key]
+            kwargs[f.name] = _coerce(key, raw, type(f.default))
+        return cls(**kwargs)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
+        """A copy with kebab-case ``overrides`` applied and validated."""
+        merged = self.to_flower_config()
+        merged.update(overrides)
+        return RunConfig.from_mapping(merged)
+
+    def to_flower_config(self) -> dict[str, Scalar]:
+        """The kebab-case mapping (what ``[tool.flwr.app.config]`` holds)."""
+        return {_key(f.name): getattr(self, f.name) for f in fields(self)}
+
+
+def _coerce(key: str, raw: Any, kind: type) -> Scalar:
+    """Convert a TOML/CLI value to the field's type, strictly."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        raise ConfigError(key, f"{raw!r} is not a boolean (true/false)")
+    if kind is int:
+        if isinstance(raw, bool):
+            raise ConfigError(key, f"{raw!r} is not an integer")
+        if isinstance(raw, int):
+            return raw
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
+        if isinstance(raw, str):
+            try:
+                return int(raw.strip())
+            except ValueError:
+                pass
+        raise ConfigError(key, f"{raw!r} is not an integer")
+    if kind is float:
+        if isinstance(raw, bool):
+            raise ConfigError(key, f"{raw!r} is not a number")
+        if isinstance(raw, int | float):
+            return float(raw)
+        if isinstance(raw, str):
+            try:
+                return float(raw.strip())
+            except ValueError:
+                pass
+        raise ConfigError(key, f"{raw!r} is not a number")
+    if not isinstance(raw, str):
+        raise ConfigError(key, f"{raw!r} is not a string")
+    return raw
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, str]:
+    """Parse ``["key=value", ...]`` (CLI ``--set``); values stay strings for coercion."""
+    out: dict[str, str] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(item, "expected key=value")
+        out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def load_toml_config(path: str | Path) -> dict[str, Any]:
+    """Read a preset TOML file: flat ``key = value`` pairs (as for ``flwr run --run-config``)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), "config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    for key, value in data.items():
+        if isinstance(value, dict | list):
+            raise ConfigError(key, f"in {path}: nested tables and arrays are not run-config values")
+    return data

@@ -1,0 +1,6 @@
+"""Recommender models (plain PyTorch) and the local/global parameter split."""
+
+from shared.models.base import LOCAL_PREFIX, Recommender, global_state, local_state, merge_state
+from shared.models.factory import MODELS, build_model
+
+__all__ = ["LOCAL_PREFIX", "MODELS", "Recommender", "build_model", "global_state", "local_state", "merge_state"]

@@ -1,0 +1,1 @@
+"""fedrec simulations: partitioners, presets, the simulation driver, the centralized reference, benchmarks."""
