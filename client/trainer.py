@@ -136,20 +136,32 @@ def train_epochs(
     epochs: int,
     rng: np.random.Generator,
     optimizer: torch.optim.Optimizer | None = None,
+    proximal: tuple[float, dict[str, torch.Tensor]] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``epochs`` passes over ``data``'s training interactions."""
+    """Train ``model`` in place for ``epochs`` passes over ``data``'s training interactions.
+
+    ``proximal=(mu, anchor)`` adds FedProx's ``mu/2 * ||w - w_anchor||^2`` over the
+    anchored (global) parameters.
+    """
     start = time.perf_counter()
     optimizer = optimizer or make_optimizer(model.parameters(), s)
     criterion = make_criterion(s)
     model.train()
     loss_sum, seen, steps = 0.0, 0, 0
+    anchored = []
+    if proximal is not None:
+        params = dict(model.named_parameters())
+        anchored = [(params[k], v) for k, v in proximal[1].items() if k in params]
     for _ in range(epochs):
         for users, items, targets in batches(data, s, rng):
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(users, items), targets)
+            data_loss = criterion(model(users, items), targets)
+            loss = data_loss
+            if anchored:
+                loss = loss + proximal[0] / 2 * sum(((p - a) ** 2).sum() for p, a in anchored)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.item() * len(users)
+            loss_sum += data_loss.item() * len(users)
             seen += len(users)
             steps += 1
     return TrainResult(

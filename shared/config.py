@@ -60,6 +60,22 @@ class RunConfig:
     local_epochs: int = field(default=1, metadata=_range(1))
     # --- centralized reference ---------------------------------------------
     epochs: int = field(default=20, metadata=_range(1))
+    # --- federation (coordinator) ------------------------------------------
+    num_server_rounds: int = field(default=10, metadata=_range(1))
+    fraction_train: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))
+    fraction_evaluate: float = field(default=1.0, metadata=_range(0, 1))
+    min_nodes: int = field(default=2, metadata=_range(1))
+    strategy: str = field(default="fedavg", metadata=_choice("fedavg", "fedprox", "fedadam"))
+    proximal_mu: float = field(default=0.01, metadata=_range(0))
+    server_lr: float = field(default=0.01, metadata=_range(0, lo_open=True))
+    max_update_norm: float = field(default=100.0, metadata=_range(0, lo_open=True))
+    round_timeout: float = field(default=3600.0, metadata=_range(0, lo_open=True))
+    run_dir: str = ""  # "" -> ./runs/<run id> of the ServerApp process
+    resume_from: str = ""  # a run directory holding checkpoint.pt
+    fail_after_round: int = field(default=0, metadata=_range(0))  # fault injection: crash after this round
+    # --- node ----------------------------------------------------------------
+    node_state_dir: str = ""  # simulation: base dir for per-node state ("" = in memory only)
+    client_threads: int = field(default=1, metadata=_range(1, 64))
     # --- evaluation ----------------------------------------------------------
     top_k: int = field(default=10, metadata=_range(1, 1000))
     eval_every: int = field(default=1, metadata=_range(1))

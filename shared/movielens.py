@@ -131,3 +131,41 @@ def load_item_titles(path: PathArg) -> dict[str, str]:
 def load_item_genres(path: PathArg) -> dict[str, list[str]]:
     """Item id -> genre names from ML-100K ``u.item`` or ML-1M ``movies.dat``."""
     return {mid: genres for mid, _, genres in _movies(path)}
+
+
+# --- prepared MovieLens datasets for simulations and benchmarks -------------------------------
+SOURCES = ("ml-100k", "ml-1m")
+
+
+def prepare_movielens(name: str, data_dir: PathArg, out: PathArg, keys_dir: PathArg, *, seed: int = 42) -> Path:
+    """Prepare ML-100K (leave-latest-out) or ML-1M (NCF's exact test split) with the owner's keys.
+
+    ML-1M uses the original ``ratings.dat`` when present, else the timestamp-less
+    ``derived/ratings_no_timestamp.dat.gz``. Genres come from the public item files.
+    """
+    from shared import loaders, prepared
+    from shared.keys import generate_keys, load_keys
+
+    root = Path(data_dir) / "movielens" / name
+    if name == "ml-100k":
+        raw_path, items, ncf = root / "u.data", root / "u.item", None
+    elif name == "ml-1m":
+        raw_path = root / "ratings.dat"
+        if not raw_path.exists():
+            raw_path = root / "derived" / "ratings_no_timestamp.dat.gz"
+        items, ncf = root / "movies.dat", root / "ncf"
+    else:
+        raise DataError(f"unknown MovieLens dataset {name!r} (one of {', '.join(SOURCES)})")
+    if not raw_path.exists():
+        raise DataError("MovieLens file not found (set FEDREC_DATA_DIR to the data directory)", source=str(raw_path))
+    keys_dir = Path(keys_dir)
+    keys = load_keys(keys_dir) if (keys_dir / "user.key").exists() else generate_keys(keys_dir)
+    raw = loaders.load_interactions(raw_path, fmt=name)
+    fixed_test, fixed_neg = load_ncf_split(ncf) if ncf is not None else (None, None)
+    tables = prepared.prepare(raw, keys, seed=seed, source={"name": name, "format": name, "dataset_id": name},
+                              fixed_test=fixed_test, fixed_negatives=fixed_neg, item_genres=load_item_genres(items))
+    tables.manifest["reid_binding"] = f"{name}:{tables.catalog.content_hash}"
+    prepared.write(tables, out, overwrite=True)
+    assert tables.reid is not None
+    tables.reid.save(keys_dir / "reid" / f"{name}.enc", keys.owner, bound_to=tables.manifest["reid_binding"])
+    return Path(out)

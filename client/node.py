@@ -1,0 +1,95 @@
+"""One node's round work in plain PyTorch: merge, train, evaluate. No Flower here.
+
+A :class:`LocalNode` owns the node's :class:`InteractionData` and builds a
+model for its users. ``train_round`` merges the received global part with the
+node's user embeddings, trains locally and returns the new global part and the
+new local part separately: the caller stores the local part and sends only the
+global part.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from client.trainer import TrainResult, TrainSettings, make_optimizer, train_epochs
+from shared import splits
+from shared.config import RunConfig
+from shared.evaluation import evaluate_ranking, evaluate_rating
+from shared.interactions import InteractionData
+from shared.models import build_model, global_state, local_state, merge_state
+from shared.seeding import numpy_rng, torch_seed
+
+Tensors = OrderedDict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What a training round produced."""
+
+    global_part: Tensors
+    local_part: Tensors
+    result: TrainResult
+
+
+class LocalNode:
+    """A node's data plus the config to train and evaluate on it."""
+
+    def __init__(self, cfg: RunConfig, data: InteractionData, value_range: tuple[float, float], node_key: str) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.value_range = value_range
+        self.node_key = node_key
+        self.settings = TrainSettings.from_config(cfg, value_range)
+
+    def fresh_local(self) -> Tensors:
+        """Initial user embeddings, derived from (seed, node)."""
+        with torch_seed(self.cfg.seed, "user-emb", self.node_key):
+            model = build_model(self.cfg, max(self.data.n_users, 1), self.data.n_items)
+        return local_state(model)
+
+    def model(self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+        """A model holding the global part and this node's user embeddings."""
+        with torch_seed(self.cfg.seed, "model-shell", self.node_key):
+            model = build_model(self.cfg, max(self.data.n_users, 1), self.data.n_items)
+        merge_state(model, global_part=global_part, local_part=local_part or self.fresh_local())
+        return model
+
+    def train_round(
+        self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None, server_round: int,
+        *, proximal_mu: float = 0.0,
+    ) -> RoundOutcome:
+        """``local-epochs`` of training on this node; RNG from (seed, node, round)."""
+        model = self.model(global_part, local_part)
+        anchor = {k: v.detach().clone() for k, v in global_part.items()} if proximal_mu > 0 else None
+        result = train_epochs(
+            model, self.data, self.settings, epochs=self.cfg.local_epochs,
+            rng=numpy_rng(self.cfg.seed, "train", self.node_key, server_round),
+            optimizer=make_optimizer(model.parameters(), self.settings),
+            proximal=(proximal_mu, anchor) if anchor is not None else None,
+        )
+        return RoundOutcome(global_state(model), local_state(model), result)
+
+    def evaluate(
+        self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None, roles: list[str],
+        *, full_rank: bool,
+    ) -> dict[str, float]:
+        """Additive evaluation sums per role, keyed ``<role>-<stat>``."""
+        model = self.model(global_part, local_part)
+        out: dict[str, float] = {}
+        for role in roles:
+            if role not in (splits.VAL, splits.TEST):
+                raise ValueError(f"unknown evaluation role {role!r}")
+            if self.cfg.task == "explicit":
+                r = evaluate_rating(model, self.data, role, self.value_range)
+                out |= {f"{role}-count": r.count, f"{role}-sse": r.sse, f"{role}-sae": r.sae}
+                continue
+            s = evaluate_ranking(model, self.data, role, k=self.cfg.top_k, full_rank=full_rank)
+            out |= {
+                f"{role}-count": s.count, f"{role}-hr-sum": s.hr, f"{role}-ndcg-sum": s.ndcg,
+                f"{role}-full-count": s.full_count, f"{role}-hr-full-sum": s.hr_full,
+                f"{role}-ndcg-full-sum": s.ndcg_full, f"{role}-ild-sum": s.ild, f"{role}-novelty-sum": s.novelty,
+            }
+        return out

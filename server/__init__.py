@@ -1,0 +1,1 @@
+"""fedrec coordinator: ServerApp, strategy (validation, aggregation, early stopping), checkpoints."""

@@ -1,0 +1,17 @@
+"""The fedrec ServerApp (Flower message API). Thin: validate config, run the round loop."""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from server.loop import FederatedRun
+from shared.config import RunConfig
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = RunConfig.from_mapping(context.run_config)
+    FederatedRun(cfg, grid, context.run_id).execute()

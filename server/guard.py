@@ -1,0 +1,140 @@
+"""Validate every training reply before aggregation (a wrapper around any Flower strategy).
+
+A reply is aggregated only if it carries exactly the global arrays that were sent
+(same keys, shapes and dtypes), all finite, an update ``||new - old||_2`` within
+``max_update_norm``, and the agreed metric keys with a positive finite
+``num-examples``. Anything else is dropped with a logged reason; the round goes
+on with the other nodes. Node sampling is made deterministic per (seed, round).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from shared.seeding import derive
+
+log = logging.getLogger("flwr")  # streamed by `flwr run --stream`
+TRAIN_METRICS = frozenset({"num-examples", "train-loss", "train-seconds", "steps"})
+
+
+@dataclass
+class RoundReport:
+    """What the guard saw in one training round."""
+
+    accepted: list[int] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    bytes_up: list[int] = field(default_factory=list)
+    bytes_down: int = 0
+    sampled: int = 0
+
+
+def reply_problem(msg: Message, reference: dict[str, np.ndarray], max_norm: float) -> str | None:
+    """Why a training reply must be rejected, or None if it is fine."""
+    content = msg.content
+    if len(content.array_records) != 1 or len(content.metric_records) != 1:
+        return "reply must hold exactly one ArrayRecord and one MetricRecord"
+    arrays = next(iter(content.array_records.values()))
+    metrics = next(iter(content.metric_records.values()))
+    if set(arrays.keys()) != set(reference):
+        extra, missing = sorted(set(arrays.keys()) - set(reference)), sorted(set(reference) - set(arrays.keys()))
+        return f"array keys differ from the global model (unexpected {extra[:3]}, missing {missing[:3]})"
+    sq = 0.0
+    for key, ref in reference.items():
+        arr = arrays[key]
+        if tuple(arr.shape) != ref.shape:
+            return f"{key}: shape {tuple(arr.shape)} != {ref.shape}"
+        if np.dtype(arr.dtype) != ref.dtype:
+            return f"{key}: dtype {arr.dtype} != {ref.dtype}"
+        value = arr.numpy()
+        if not np.isfinite(value).all():
+            return f"{key}: non-finite values"
+        sq += float(((value.astype(np.float64) - ref) ** 2).sum())
+    norm = math.sqrt(sq)
+    if norm > max_norm:
+        return f"update norm {norm:.4g} exceeds max-update-norm {max_norm:.4g}"
+    n = metrics.get("num-examples")
+    if not isinstance(n, int | float) or isinstance(n, bool) or not math.isfinite(n) or n <= 0:
+        return f"num-examples must be a positive number, got {n!r}"
+    for key, value in metrics.items():
+        if not isinstance(value, list) and not math.isfinite(float(value)):
+            return f"metric {key} is not finite"
+    return None
+
+
+class ReplyGuard(Strategy):
+    """Delegate to ``inner``; filter training replies; seed node sampling."""
+
+    def __init__(self, inner: Strategy, *, max_update_norm: float, seed: int) -> None:
+        self.inner = inner
+        self.max_update_norm = max_update_norm
+        self.seed = seed
+        self._reference: dict[str, np.ndarray] = {}
+        self.report = RoundReport()
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        self._reference = {k: a.numpy() for k, a in arrays.items()}
+        random.seed(derive(self.seed, "sample-train", server_round))
+        messages = list(self.inner.configure_train(server_round, arrays, config, _SortedGrid(grid)))
+        self.report = RoundReport(sampled=len(messages), bytes_down=arrays.count_bytes())
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        report = self.report
+        fine: list[Message] = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                report.failed.append((node, msg.error.reason))
+                continue
+            problem = reply_problem(msg, self._reference, self.max_update_norm)
+            if problem is None:
+                fine.append(msg)
+            else:
+                report.rejected.append((node, problem))
+                log.warning("round %d: rejected reply of node %d: %s", server_round, node, problem)
+        keysets = Counter(frozenset(next(iter(m.content.metric_records.values())).keys()) for m in fine)
+        if keysets:
+            agreed = keysets.most_common(1)[0][0]
+            for msg in [m for m in fine if frozenset(next(iter(m.content.metric_records.values())).keys()) != agreed]:
+                fine.remove(msg)
+                report.rejected.append((msg.metadata.src_node_id, "metric keys differ from the other nodes"))
+        report.accepted = [m.metadata.src_node_id for m in fine]
+        report.bytes_up = [next(iter(m.content.array_records.values())).count_bytes() for m in fine]
+        if not fine:
+            return None, None
+        return self.inner.aggregate_train(server_round, fine)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
+        random.seed(derive(self.seed, "sample-evaluate", server_round))
+        return self.inner.configure_evaluate(server_round, arrays, config, _SortedGrid(grid))
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, replies)
+
+
+class _SortedGrid:
+    """A Grid view whose node ids come sorted, so seeded sampling is reproducible."""
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+
+    def get_node_ids(self):
+        return sorted(self._grid.get_node_ids())
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)

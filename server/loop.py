@@ -1,0 +1,188 @@
+"""The coordinator's round loop: train, validate replies, aggregate, checkpoint, evaluate, stop early.
+
+It drives a Flower strategy through its public contract (``configure_train``,
+``aggregate_train``, ``configure_evaluate``, ``aggregate_evaluate``) instead of
+``Strategy.start``, because ``start`` has no hooks for resuming at round k+1,
+evaluating every N rounds, early stopping or per-round checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+
+from server import checkpoint
+from server.metrics import ROLES, role_means, selection_score
+from server.report import write_plots
+from server.strategies import build_strategy, restore_strategy_state, strategy_state
+from shared.config import RunConfig
+from shared.datasets import load_tables
+from shared.models import build_model, global_state
+from shared.rundir import RunDirectory
+from shared.seeding import torch_seed
+
+log = logging.getLogger("flwr")
+
+
+class InjectedFault(RuntimeError):
+    """Raised by ``fail-after-round`` to simulate a coordinator crash (tests, reliability runs)."""
+
+
+@dataclass(frozen=True)
+class FederatedSummary:
+    """Outcome of a federated run."""
+
+    run_dir: Path
+    rounds_run: int
+    best_round: int
+    val: dict[str, float] | None
+    test: dict[str, float] | None
+    stopped_early: bool
+
+
+def initial_model(cfg: RunConfig) -> tuple[OrderedDict[str, torch.Tensor], str]:
+    """Global part of a fresh model (seeded) and the catalog hash nodes must match."""
+    tables = load_tables(cfg.data_path, seed=cfg.seed, synthetic_users=cfg.synthetic_users,
+                         synthetic_items=cfg.synthetic_items)
+    with torch_seed(cfg.seed, "global-init"):
+        model = build_model(cfg, 1, len(tables.catalog))
+    return global_state(model), tables.catalog.content_hash
+
+
+class FederatedRun:
+    """One federated training run on a Flower Grid."""
+
+    def __init__(self, cfg: RunConfig, grid: Grid, flower_run_id: int) -> None:
+        self.cfg = cfg
+        self.grid = grid
+        self.run_dir = Path(cfg.resume_from or cfg.run_dir or f"runs/run-{flower_run_id}").resolve()
+        self.flower_run_id = flower_run_id
+        self.strategy = build_strategy(cfg)
+
+    # -------------------------------------------------------------------------
+    def _start(self) -> tuple[checkpoint.Checkpoint, str]:
+        init, catalog_hash = initial_model(self.cfg)
+        if self.cfg.resume_from:
+            ck = checkpoint.load(self.run_dir)
+            restore_strategy_state(self.strategy, ck.strategy_state)
+            run = RunDirectory(self.run_dir)
+            # metrics.jsonl is rewritten from the checkpoint: rounds logged after it are redone, not duplicated
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            for record in ck.history:
+                run.log(record)
+            log.info("[fedrec] resuming %s after round %d", self.run_dir, ck.round)
+            return ck, catalog_hash
+        RunDirectory.create(self.run_dir, self.cfg, kind="federated",
+                            extra={"flower_run_id": self.flower_run_id, "catalog_hash": catalog_hash})
+        arrays = {k: v.numpy() for k, v in init.items()}
+        return checkpoint.Checkpoint(round=0, arrays=arrays, run_key=uuid.uuid4().hex), catalog_hash
+
+    def execute(self) -> FederatedSummary:
+        cfg = self.cfg
+        ck, catalog_hash = self._start()
+        run = RunDirectory(self.run_dir)
+        log.info("[fedrec] run directory %s", self.run_dir)
+        arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in ck.arrays.items()})
+        for rnd in range(ck.round + 1, cfg.num_server_rounds + 1):
+            if ck.stopped_early:
+                break
+            t0 = time.perf_counter()
+            log.info("[fedrec] round %d/%d", rnd, cfg.num_server_rounds)
+            record, arrays = self._train_round(rnd, arrays, catalog_hash, ck.run_key)
+            if rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds:
+                self._evaluate_round(rnd, arrays, catalog_hash, ck, record)
+            record["seconds"] = time.perf_counter() - t0
+            ck.round, ck.arrays = rnd, {k: a.numpy() for k, a in arrays.items()}
+            ck.strategy_state = strategy_state(self.strategy)
+            ck.history.append(record)
+            run.log(record)
+            checkpoint.save(self.run_dir, ck)
+            log.info("[fedrec] round %d done: %s", rnd, _brief(record))
+            if cfg.fail_after_round == rnd:
+                raise InjectedFault(f"fault injection: coordinator stops after round {rnd}")
+            if cfg.patience and ck.stale >= cfg.patience:
+                ck.stopped_early = True
+                checkpoint.save(self.run_dir, ck)
+                log.info("[fedrec] early stop after round %d (best round %d)", rnd, ck.best_round)
+        return self._finish(ck, run)
+
+    def _train_round(self, rnd: int, arrays: ArrayRecord, catalog_hash: str, run_key: str):
+        config = ConfigRecord({"run-key": run_key, "catalog-hash": catalog_hash})
+        messages = self.strategy.configure_train(rnd, arrays, config, self.grid)
+        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+        new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
+        report = self.strategy.report
+        record: dict[str, Any] = {
+            "round": rnd,
+            "sampled": report.sampled,
+            "answered": len(replies),
+            "nodes": sorted(report.accepted),
+            "rejected": [[n, why] for n, why in report.rejected],
+            "failed": [[n, why] for n, why in report.failed],
+            "bytes_down_per_node": report.bytes_down,
+            "bytes_up_per_node": float(np.mean(report.bytes_up)) if report.bytes_up else 0.0,
+            "train_loss": float(metrics["train-loss"]) if metrics else None,
+            "train_examples": int(metrics["num-examples"]) if metrics else 0,
+            "train_seconds_max": float(metrics["train-seconds-max"]) if metrics else None,
+        }
+        if new_arrays is None:
+            log.warning("[fedrec] round %d: no acceptable update; the global model is unchanged", rnd)
+            return record, arrays
+        # keep the global model's own dtypes (aggregation may upcast)
+        ref = {k: a.numpy().dtype for k, a in arrays.items()}
+        fixed = ArrayRecord({k: torch.from_numpy(np.asarray(a.numpy(), dtype=ref[k])) for k, a in new_arrays.items()})
+        return record, fixed
+
+    def _evaluate_round(self, rnd: int, arrays: ArrayRecord, catalog_hash: str, ck: checkpoint.Checkpoint,
+                        record: dict[str, Any]) -> None:
+        cfg = self.cfg
+        config = ConfigRecord({"run-key": ck.run_key, "catalog-hash": catalog_hash, "roles": ",".join(ROLES),
+                               "full-rank": cfg.full_rank})
+        messages = self.strategy.configure_evaluate(rnd, arrays, config, self.grid)
+        replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
+        sums = self.strategy.aggregate_evaluate(rnd, replies) or {}
+        record["evaluated_nodes"] = sum(1 for m in replies if not m.has_error())
+        for role in ROLES:
+            record[role] = role_means(sums, role, cfg.top_k, cfg.task)
+        score = selection_score(record["val"], cfg.top_k, cfg.task)
+        if score is None:
+            return
+        if score > ck.best_score:
+            ck.best_score, ck.best_round, ck.stale = score, rnd, 0
+            ck.best_arrays = {k: a.numpy().copy() for k, a in arrays.items()}
+        else:
+            ck.stale += 1
+        record["best_round"] = ck.best_round
+
+    def _finish(self, ck: checkpoint.Checkpoint, run: RunDirectory) -> FederatedSummary:
+        best = ck.best_arrays if ck.best_arrays is not None else ck.arrays
+        best_record = next((r for r in ck.history if r["round"] == ck.best_round), None)
+        val = best_record.get("val") if best_record else None
+        test = best_record.get("test") if best_record else None
+        run.save_model("model.pt", {"config": self.cfg.to_flower_config(), "global": {
+            k: torch.from_numpy(np.array(v)) for k, v in best.items()}, "round": ck.best_round or ck.round})
+        run.write_json("summary.json", {"rounds_run": ck.round, "best_round": ck.best_round, "val": val, "test": test,
+                                        "stopped_early": ck.stopped_early, "run_key": ck.run_key})
+        write_plots(ck.history, self.run_dir, title=f"federated {self.cfg.model} ({self.cfg.strategy})")
+        log.info("[fedrec] finished: best round %d, val %s, test %s", ck.best_round, val, test)
+        return FederatedSummary(self.run_dir, ck.round, ck.best_round, val, test, ck.stopped_early)
+
+
+def _brief(record: dict[str, Any]) -> str:
+    parts = [f"loss {record['train_loss']:.4f}" if record.get("train_loss") is not None else "no update",
+             f"nodes {len(record['nodes'])}/{record['sampled']}"]
+    if record.get("rejected"):
+        parts.append(f"rejected {len(record['rejected'])}")
+    val = record.get("val") or {}
+    parts += [f"val {k} {v:.4f}" for k, v in val.items() if k.startswith("hr") or k == "rmse"]
+    return ", ".join(parts)

@@ -1,0 +1,71 @@
+"""Build the configured Flower strategy and its metric aggregation.
+
+FedAvg (default), FedProx (the proximal term is applied by the node's trainer;
+the strategy sends ``proximal-mu``) or FedAdam (server-side Adam on the averaged
+update). Evaluation metrics are *sums and counts*, so they are aggregated by
+summation, never by averaging averages.
+"""
+
+from __future__ import annotations
+
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+
+from server.guard import ReplyGuard
+from shared.config import RunConfig
+
+
+def sum_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Add every numeric metric over the replies (for additive evaluation sums)."""
+    total: dict[str, float] = {}
+    for record in records:
+        for metrics in record.metric_records.values():
+            for key, value in metrics.items():
+                total[key] = total.get(key, 0) + value
+    return MetricRecord(total)
+
+
+def train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Example-weighted mean loss, total examples and steps, slowest node's seconds."""
+    rows = [next(iter(r.metric_records.values())) for r in records]
+    n = sum(float(m[weight_key]) for m in rows)
+    return MetricRecord({
+        "train-loss": sum(float(m["train-loss"]) * float(m[weight_key]) for m in rows) / n,
+        "num-examples": int(n),
+        "steps": int(sum(int(m["steps"]) for m in rows)),
+        "train-seconds-max": max(float(m["train-seconds"]) for m in rows),
+    })
+
+
+def build_strategy(cfg: RunConfig) -> ReplyGuard:
+    """The inner strategy of ``cfg.strategy``, wrapped in the reply guard."""
+    common = dict(
+        fraction_train=cfg.fraction_train,
+        fraction_evaluate=cfg.fraction_evaluate,
+        min_train_nodes=1,
+        min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0,
+        min_available_nodes=cfg.min_nodes,
+        train_metrics_aggr_fn=train_metrics,
+        evaluate_metrics_aggr_fn=sum_metrics,
+    )
+    inner: Strategy
+    if cfg.strategy == "fedprox":
+        inner = FedProx(proximal_mu=cfg.proximal_mu, **common)
+    elif cfg.strategy == "fedadam":
+        inner = FedAdam(eta=cfg.server_lr, eta_l=cfg.lr, **common)
+    else:
+        inner = FedAvg(**common)
+    return ReplyGuard(inner, max_update_norm=cfg.max_update_norm, seed=cfg.seed)
+
+
+STATE_ATTRS = ("m_t", "v_t")
+
+
+def strategy_state(strategy: ReplyGuard) -> dict:
+    """The inner strategy's optimizer state (FedAdam moments) for checkpoints."""
+    return {a: getattr(strategy.inner, a) for a in STATE_ATTRS if getattr(strategy.inner, a, None) is not None}
+
+
+def restore_strategy_state(strategy: ReplyGuard, state: dict) -> None:
+    for attr, value in state.items():
+        setattr(strategy.inner, attr, value)

@@ -1,0 +1,225 @@
+"""`fedrec simulate`: run a federation with `flwr run` on a managed local SuperLink.
+
+The driver resolves the run configuration (defaults <- preset <- --set), writes it
+as one TOML file into the run directory, and runs ``flwr run <app> --stream``
+with a run-scoped ``FLWR_HOME``, telemetry off and runtime dependency
+installation disabled. It shows a progress bar per round (parsed from the
+coordinator's log stream, kept in ``flwr.log``) and always stops the SuperLink
+it started — by PID, found by its run-scoped database path — on success, error
+or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.config import RunConfig, load_toml_config
+from shared.datasets import SYNTHETIC, load_tables, resolve_data_path
+from shared.errors import FedrecError
+from shared.progress import progress_bar
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+ROUND_START = re.compile(r"\[fedrec\] round (\d+)/(\d+)$")
+ROUND_DONE = re.compile(r"\[fedrec\] round (\d+) done: (.*)$")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    run_dir: Path
+    returncode: int
+    summary: dict[str, Any]
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESETS_DIR / f"{name}.toml"
+    if not path.exists():
+        raise FedrecError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
+    return path
+
+
+def app_dir() -> Path:
+    """The Flower app (the project root holding pyproject.toml with [tool.flwr.app])."""
+    root = Path(__file__).resolve().parents[1]
+    pyproject = root / "pyproject.toml"
+    if not pyproject.exists() or "flwr" not in tomllib.loads(pyproject.read_text()).get("tool", {}):
+        raise FedrecError(f"{root} is not a fedrec source checkout (no pyproject.toml with [tool.flwr.app])")
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_config(preset: str | None, overrides: dict[str, Any], run_dir: Path) -> RunConfig:
+    """Defaults <- preset <- overrides, with data and run paths made absolute."""
+    values: dict[str, Any] = dict(load_toml_config(preset_path(preset))) if preset else {}
+    values.update(overrides)
+    cfg = RunConfig.from_mapping(values)
+    data_path = cfg.data_path
+    if data_path != SYNTHETIC:
+        data_path = str(Path(resolve_data_path(data_path)).resolve())
+    changes: dict[str, Any] = {"data-path": data_path, "run-dir": str(run_dir)}
+    if cfg.partitioner == "user-per-node":
+        tables = load_tables(data_path, seed=cfg.seed, synthetic_users=cfg.synthetic_users,
+                             synthetic_items=cfg.synthetic_items)
+        changes["num-partitions"] = int(tables.manifest["n_users"])
+    return cfg.with_overrides(changes)
+
+
+def write_run_config(cfg: RunConfig, path: Path) -> Path:
+    """The resolved config as a flat TOML file (what `flwr run --run-config FILE` reads)."""
+    lines = []
+    for key, value in cfg.to_flower_config().items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, str):
+            lines.append(f"{key} = {value!r}".replace("'", '"') if '"' not in value else f"{key} = '{value}'")
+        else:
+            lines.append(f"{key} = {value!r}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def simulation_env(flwr_home: Path, ray_tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(flwr_home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "RAY_TMPDIR": str(ray_tmp),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def superlink_pids(flwr_home: Path) -> list[int]:
+    """PIDs of the local SuperLink(s) whose database lives under ``flwr_home``."""
+    marker = str(flwr_home / "local-superlink")
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if "flower-superlink" in cmd and marker in cmd:
+                pids.append(int(proc.name))
+    return pids
+
+
+def stop_pids(pids: list[int], grace: float = 10.0) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL what is left."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if Path(f"/proc/{p}").exists() and _not_zombie(p)]
+        time.sleep(0.2)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:4]
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def managed_superlink(flwr_home: Path) -> Iterator[None]:
+    """Whatever happens inside, stop the SuperLink(s) started under ``flwr_home``."""
+    try:
+        yield
+    finally:
+        stop_pids(superlink_pids(flwr_home))
+
+
+def simulate(
+    preset: str | None,
+    overrides: dict[str, Any],
+    run_dir: Path,
+    *,
+    show_progress: bool = True,
+    num_supernodes: int | None = None,
+    timeout: float | None = None,
+) -> SimulationResult:
+    """Run one federated simulation through the Flower runtime; return its summary."""
+    run_dir = run_dir.resolve()
+    if (run_dir / "summary.json").exists() and "resume-from" not in overrides:
+        raise FedrecError(f"{run_dir} holds a finished run; choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = resolve_config(preset, overrides, run_dir)
+    config_file = write_run_config(cfg, run_dir / "run-config.toml")
+    nodes = num_supernodes or cfg.num_partitions
+    flwr_home = run_dir / "flwr-home"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="fedrec-ray-"))
+    cmd = [
+        str(Path(sys.executable).parent / "flwr"), "run", str(app_dir()), "--stream",
+        "--run-config", str(config_file),
+        "--federation-config", f"num-supernodes={nodes} client-resources-num-cpus=1",
+    ]
+    log_path = run_dir / "flwr.log"
+    with managed_superlink(flwr_home), open(log_path, "a") as log, progress_bar(show_progress) as bar:
+        task = bar.add_task(f"{preset or 'custom'}: {nodes} nodes", total=cfg.num_server_rounds, status="starting")
+        proc = subprocess.Popen(cmd, env=simulation_env(flwr_home, ray_tmp), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        started = time.monotonic()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = ANSI.sub("", raw.rstrip("\n"))
+                log.write(line + "\n")
+                if m := ROUND_START.search(line):
+                    bar.update(task, status=f"round {m.group(1)} training")
+                elif m := ROUND_DONE.search(line):
+                    bar.update(task, completed=int(m.group(1)), status=m.group(2)[:80])
+                elif "[fedrec] early stop" in line:
+                    bar.update(task, status="early stop")
+                if "[fedrec] finished" in line or "[fedrec] early stop" in line:
+                    bar.update(task, completed=cfg.num_server_rounds)
+                if timeout is not None and time.monotonic() - started > timeout:
+                    raise FedrecError(f"simulation exceeded {timeout:.0f} s")
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=15)
+            import shutil
+
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+    summary_path = run_dir / "summary.json"
+    if proc.returncode != 0 or not summary_path.exists():
+        tail = "\n".join(log_path.read_text().splitlines()[-25:])
+        raise FedrecError(f"simulation failed (flwr exit {proc.returncode}); last log lines:\n{tail}\n"
+                          f"full log: {log_path}")
+    import json
+
+    return SimulationResult(run_dir, proc.returncode, json.loads(summary_path.read_text()))
