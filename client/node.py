@@ -50,7 +50,9 @@ class LocalNode:
             model = build_model(self.cfg, max(self.data.n_users, 1), self.data.n_items)
         return local_state(model)
 
-    def model(self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+    def model(
+        self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None
+    ) -> torch.nn.Module:
         """A model holding the global part and this node's user embeddings."""
         with torch_seed(self.cfg.seed, "model-shell", self.node_key):
             model = build_model(self.cfg, max(self.data.n_users, 1), self.data.n_items)

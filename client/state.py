@@ -40,9 +40,13 @@ class NodeStateStore:
     def load_local(self, fingerprint: str) -> OrderedDict[str, torch.Tensor] | None:
         """The stored user embeddings for these users, or None if there are none yet."""
         meta = self.state.get(META)
-        if isinstance(meta, ConfigRecord) and meta.get("run-key") == self.run_key and USER_EMB in self.state:
-            if meta.get("users") == fingerprint:
-                return OrderedDict(self.state[USER_EMB].to_torch_state_dict())
+        if (
+            isinstance(meta, ConfigRecord)
+            and meta.get("run-key") == self.run_key
+            and USER_EMB in self.state
+            and meta.get("users") == fingerprint
+        ):
+            return OrderedDict(self.state[USER_EMB].to_torch_state_dict())
         if self.directory is not None and (self.directory / "user_emb.pt").exists():
             payload = torch.load(self.directory / "user_emb.pt", map_location="cpu", weights_only=True)
             if payload.get("users") == fingerprint:

@@ -8,10 +8,10 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from shared.plots import learning_curves  # noqa: E402
+from shared.plots import learning_curves
 
 
 def participation_plot(records: list[dict[str, Any]], path: str | Path) -> Path:

@@ -45,7 +45,7 @@ def test_train_handler_sends_only_the_global_part_and_keeps_user_embeddings(tmp_
     assert not reply.has_error()
     arrays = reply.content["arrays"]
     assert list(arrays.keys()) == list(init.keys())
-    assert not any(k.startswith(LOCAL_PREFIX) for k in arrays.keys())
+    assert not any(k.startswith(LOCAL_PREFIX) for k in arrays)
     assert all(tuple(arrays[k].shape) == tuple(v.shape) for k, v in init.items())
     assert set(reply.content["metrics"].keys()) == {"num-examples", "train-loss", "train-seconds", "steps"}
     # the user embeddings stay on the node, and round 2 starts from them
@@ -96,7 +96,7 @@ def test_federation_learns_and_never_sends_user_parameters(tmp_path):
     assert summary.val["hr10"] > 0.5  # popularity on this data is ~0.35
     for reply in sent:
         for record in reply.content.array_records.values():
-            assert not any(k.startswith(LOCAL_PREFIX) for k in record.keys())
+            assert not any(k.startswith(LOCAL_PREFIX) for k in record)
     assert all(r["bytes_up_per_node"] == r["bytes_down_per_node"] > 0 for r in records)
     for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "summary.json", "learning_curves.png",
                  "participation.png"):
