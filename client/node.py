@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
+from client.privacy import DPPlan, train_private
 from client.trainer import TrainResult, TrainSettings, make_optimizer, train_epochs
 from shared import splits
 from shared.config import RunConfig
 from shared.evaluation import evaluate_ranking, evaluate_rating
 from shared.interactions import InteractionData
 from shared.models import build_model, global_state, local_state, merge_state
-from shared.seeding import numpy_rng, torch_seed
+from shared.seeding import numpy_rng, torch_generator, torch_seed
 
 Tensors = OrderedDict[str, torch.Tensor]
 
@@ -61,10 +62,17 @@ class LocalNode:
 
     def train_round(
         self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None, server_round: int,
-        *, proximal_mu: float = 0.0,
+        *, proximal_mu: float = 0.0, plan: DPPlan | None = None,
     ) -> RoundOutcome:
-        """``local-epochs`` of training on this node; RNG from (seed, node, round)."""
+        """``local-epochs`` of training on this node (DP-SGD when ``plan``); RNG from (seed, node, round)."""
         model = self.model(global_part, local_part)
+        if plan is not None:
+            result, _ = train_private(
+                model, self.data, self.settings, plan, self.cfg,
+                rng=numpy_rng(self.cfg.seed, "train", self.node_key, server_round),
+                generator=torch_generator(self.cfg.seed, "dp-noise", self.node_key, server_round),
+            )
+            return RoundOutcome(global_state(model), local_state(model), result)
         anchor = {k: v.detach().clone() for k, v in global_part.items()} if proximal_mu > 0 else None
         result = train_epochs(
             model, self.data, self.settings, epochs=self.cfg.local_epochs,

@@ -1,27 +1,33 @@
-"""Node state that must outlive a round: local user embeddings (and, later, privacy state).
+"""Node state that must outlive a round: local user embeddings and the privacy account.
 
 Two places, kept in step:
 - ``context.state`` (Flower keeps it in memory per node and run series);
-- a node state directory on disk, when configured, so a restarted SuperNode (or
-  a resumed simulation) finds its users' embeddings again. Files are written
-  atomically and keyed by the federation's run key, so two runs never mix.
+- the node state directory on disk (``state-dir`` in node_config, or
+  ``node-state-dir/<node>`` in simulation, else ``$FEDREC_CACHE_DIR/node-state/<node>``),
+  so a restarted SuperNode (or a resumed simulation) finds its users' embeddings
+  and its spent budget again. Files are written atomically and keyed by the
+  federation's run key, so two runs never mix.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
-from shared.atomic import atomic_write_bytes
+from shared.atomic import atomic_write_bytes, atomic_write_text
+from shared.datasets import cache_dir
 
 USER_EMB = "user-emb"
 META = "node-meta"
+PRIVACY = "privacy"
 
 
 def users_fingerprint(user_ids: np.ndarray) -> str:
@@ -29,13 +35,24 @@ def users_fingerprint(user_ids: np.ndarray) -> str:
     return hashlib.sha256("\n".join(map(str, user_ids)).encode()).hexdigest()
 
 
-class NodeStateStore:
-    """Load/save a node's local model part for one run key."""
+def default_state_dir(node_key: str) -> Path:
+    """Where a node keeps its state when no directory is configured: ``$FEDREC_CACHE_DIR/node-state/<node>``."""
+    return cache_dir() / "node-state" / node_key
 
-    def __init__(self, state: RecordDict, directory: str | Path | None, run_key: str) -> None:
+
+class NodeStateStore:
+    """Load/save a node's local state for one run key.
+
+    Layout under the node's state directory ``root``: ``signing.key`` and
+    ``ledger.jsonl`` (node-wide, all runs), and per run ``<run-key>/user_emb.pt``
+    and ``<run-key>/privacy.json`` (the DP plan and the accountant history).
+    """
+
+    def __init__(self, state: RecordDict, directory: str | Path, run_key: str) -> None:
         self.state = state
         self.run_key = run_key
-        self.directory = Path(directory) / run_key if directory else None
+        self.root = Path(directory)
+        self.directory = self.root / run_key
 
     def load_local(self, fingerprint: str) -> OrderedDict[str, torch.Tensor] | None:
         """The stored user embeddings for these users, or None if there are none yet."""
@@ -47,7 +64,7 @@ class NodeStateStore:
             and meta.get("users") == fingerprint
         ):
             return OrderedDict(self.state[USER_EMB].to_torch_state_dict())
-        if self.directory is not None and (self.directory / "user_emb.pt").exists():
+        if (self.directory / "user_emb.pt").exists():
             payload = torch.load(self.directory / "user_emb.pt", map_location="cpu", weights_only=True)
             if payload.get("users") == fingerprint:
                 return OrderedDict(payload["state"])
@@ -57,8 +74,28 @@ class NodeStateStore:
         """Store the user embeddings in memory and (if configured) atomically on disk."""
         self.state[USER_EMB] = ArrayRecord(OrderedDict((k, v.detach().clone()) for k, v in local.items()))
         self.state[META] = ConfigRecord({"run-key": self.run_key, "users": fingerprint, "round": server_round})
-        if self.directory is not None:
-            buf = io.BytesIO()
-            torch.save({"users": fingerprint, "round": server_round, "state": dict(local)}, buf)
-            self.directory.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.directory / "user_emb.pt", buf.getvalue(), mode=0o600)
+        buf = io.BytesIO()
+        torch.save({"users": fingerprint, "round": server_round, "state": dict(local)}, buf)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.directory / "user_emb.pt", buf.getvalue(), mode=0o600)
+
+    # --- privacy state: the run's DP plan and the accountant history -------------------------
+    def load_privacy(self) -> dict[str, Any] | None:
+        """``{"plan": {...}, "history": [[z, q, steps], ...]}`` of this run; disk wins over memory.
+
+        Disk is authoritative: a restarted node reads its spent budget back from it.
+        """
+        path = self.directory / "privacy.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        record = self.state.get(PRIVACY)
+        if isinstance(record, ConfigRecord) and record.get("run-key") == self.run_key:
+            return json.loads(str(record["json"]))
+        return None
+
+    def save_privacy(self, doc: dict[str, Any]) -> None:
+        """Persist atomically to disk first, then mirror in ``context.state``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(doc, sort_keys=True)
+        atomic_write_text(self.directory / "privacy.json", text + "\n", mode=0o600)
+        self.state[PRIVACY] = ConfigRecord({"run-key": self.run_key, "json": text})

@@ -74,36 +74,48 @@ def make_criterion(s: TrainSettings, reduction: str = "mean") -> nn.Module:
     return PerSampleMSE(*s.value_range, reduction=reduction)
 
 
-def sample_negatives(
-    data: InteractionData, users: np.ndarray, k: int, rng: np.random.Generator, *, max_tries: int = 8
-) -> np.ndarray:
-    """(len(users), k) uniform items not in each user's training set.
+class NegativeSampler:
+    """Uniform negatives that are not in the user's training set.
 
     Rejection sampling against the sorted keys ``user * n_items + item`` of the
     training CSR (sorted by user, then item). After ``max_tries`` redraws any
     remaining collision is kept (only possible for users who saw almost everything).
     """
-    n_items = data.n_items
-    keys = data.train_users().astype(np.int64) * n_items + data.train_items
-    neg = rng.integers(0, n_items, size=(len(users), k))
-    for _ in range(max_tries):
-        probe = users[:, None].astype(np.int64) * n_items + neg
-        pos = np.searchsorted(keys, probe).clip(max=len(keys) - 1) if len(keys) else probe * 0
-        hit = keys[pos] == probe if len(keys) else np.zeros_like(probe, bool)
-        if not hit.any():
-            break
-        neg[hit] = rng.integers(0, n_items, size=int(hit.sum()))
-    return neg
+
+    def __init__(self, data: InteractionData, *, max_tries: int = 8) -> None:
+        self.n_items = data.n_items
+        self.keys = data.train_users().astype(np.int64) * data.n_items + data.train_items
+        self.max_tries = max_tries
+
+    def __call__(self, users: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        """(len(users), k) item indices."""
+        keys, n_items = self.keys, self.n_items
+        neg = rng.integers(0, n_items, size=(len(users), k))
+        if not len(keys):
+            return neg
+        for _ in range(self.max_tries):
+            probe = users[:, None].astype(np.int64) * n_items + neg
+            hit = keys[np.searchsorted(keys, probe).clip(max=len(keys) - 1)] == probe
+            if not hit.any():
+                break
+            neg[hit] = rng.integers(0, n_items, size=int(hit.sum()))
+        return neg
+
+
+def sample_negatives(data: InteractionData, users: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """One-off :class:`NegativeSampler` call (build the sampler once when calling repeatedly)."""
+    return NegativeSampler(data)(users, k, rng)
 
 
 def implicit_batches(data: InteractionData, s: TrainSettings, rng: np.random.Generator) -> Iterator[Batch]:
     """Shuffled (users (B,), items (B, 1+k), targets (B, 1+k)) over every training positive."""
     users_all = data.train_users()
+    sampler = NegativeSampler(data)
     order = rng.permutation(data.n_train)
     for start in range(0, len(order), s.batch_size):
         idx = order[start : start + s.batch_size]
         users = users_all[idx]
-        negs = sample_negatives(data, users, s.num_negatives, rng)
+        negs = sampler(users, s.num_negatives, rng)
         items = np.concatenate([data.train_items[idx, None], negs], axis=1)
         targets = np.zeros(items.shape, np.float32)
         targets[:, 0] = 1.0

@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.console import Console
 
-from fedrec import cli_data, cli_train
+from fedrec import cli_audit, cli_data, cli_recommend, cli_train
 from shared.errors import FedrecError
 
 app = typer.Typer(
@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 app.add_typer(cli_data.app, name="data", help="Data owner: keys, prepare raw logs, reveal results.")
 cli_train.register(app)
+cli_audit.register(app)
+cli_recommend.register(app)
 
 _err = Console(stderr=True)
 

@@ -37,6 +37,8 @@ class RoundReport:
     bytes_up: list[int] = field(default_factory=list)
     bytes_down: int = 0
     sampled: int = 0
+    ledgers: dict[int, list[str]] = field(default_factory=dict)  # node -> its signed chain (JSON lines)
+    epsilons: dict[int, float] = field(default_factory=dict)
 
 
 def reply_problem(msg: Message, reference: dict[str, np.ndarray], max_norm: float) -> str | None:
@@ -100,7 +102,9 @@ class ReplyGuard(Strategy):
             node = msg.metadata.src_node_id
             if msg.has_error():
                 report.failed.append((node, msg.error.reason))
+                log.warning("round %d: node %d did not train: %s", server_round, node, msg.error.reason)
                 continue
+            _collect_privacy(msg, node, report)  # a spend is real even if the update is then rejected
             problem = reply_problem(msg, self._reference, self.max_update_norm)
             if problem is None:
                 fine.append(msg)
@@ -125,6 +129,16 @@ class ReplyGuard(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(server_round, replies)
+
+
+def _collect_privacy(msg: Message, node: int, report: RoundReport) -> None:
+    ledger = msg.content.config_records.get("ledger")
+    if ledger is not None and isinstance(ledger.get("entries"), list):
+        report.ledgers[node] = [str(x) for x in ledger["entries"]]
+    for metrics in msg.content.metric_records.values():
+        eps = metrics.get("epsilon")
+        if isinstance(eps, int | float):
+            report.epsilons[node] = float(eps)
 
 
 class _SortedGrid:

@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from server import checkpoint
+from server.ledger import FederationLedger
 from server.metrics import ROLES, role_means, selection_score
 from server.report import write_plots
 from server.strategies import build_strategy, restore_strategy_state, strategy_state
@@ -68,6 +69,7 @@ class FederatedRun:
         self.run_dir = Path(cfg.resume_from or cfg.run_dir or f"runs/run-{flower_run_id}").resolve()
         self.flower_run_id = flower_run_id
         self.strategy = build_strategy(cfg)
+        self.ledger = FederationLedger(self.run_dir)
 
     # -------------------------------------------------------------------------
     def _start(self) -> tuple[checkpoint.Checkpoint, str]:
@@ -122,6 +124,9 @@ class FederatedRun:
         replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
         new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
         report = self.strategy.report
+        for node, lines in report.ledgers.items():
+            self.ledger.update(node, lines)
+        self.ledger.save()
         record: dict[str, Any] = {
             "round": rnd,
             "sampled": report.sampled,
@@ -135,6 +140,8 @@ class FederatedRun:
             "train_examples": int(metrics["num-examples"]) if metrics else 0,
             "train_seconds_max": float(metrics["train-seconds-max"]) if metrics else None,
         }
+        if report.epsilons:
+            record["epsilon_max"] = max(report.epsilons.values())
         if new_arrays is None:
             log.warning("[fedrec] round %d: no acceptable update; the global model is unchanged", rnd)
             return record, arrays

@@ -73,6 +73,17 @@ class RunConfig:
     run_dir: str = ""  # "" -> ./runs/<run id> of the ServerApp process
     resume_from: str = ""  # a run directory holding checkpoint.pt
     fail_after_round: int = field(default=0, metadata=_range(0))  # fault injection: crash after this round
+    # --- differential privacy (per node, whole run) ----------------------------
+    dp: bool = False
+    privacy_unit: str = field(default="user", metadata=_choice("user", "interaction", "node"))
+    target_epsilon: float = field(default=8.0, metadata=_range(0, lo_open=True))
+    delta: float = field(default=0.0, metadata=_range(0, 1))  # 0: 1/n^1.1 for the node's n units
+    accountant: str = field(default="rdp", metadata=_choice("rdp", "prv"))
+    clip_norm: float = field(default=1.0, metadata=_range(0, lo_open=True))
+    dp_sample_rate: float = field(default=0.1, metadata=_range(0, 1, lo_open=True))
+    dp_max_interactions: int = field(default=64, metadata=_range(1))
+    user_epochs: int = field(default=1, metadata=_range(0))  # noise-free local user-embedding passes (user unit)
+    user_lr: float = field(default=0.01, metadata=_range(0, lo_open=True))
     # --- node ----------------------------------------------------------------
     node_state_dir: str = ""  # simulation: base dir for per-node state ("" = in memory only)
     client_threads: int = field(default=1, metadata=_range(1, 64))

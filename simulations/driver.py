@@ -78,7 +78,9 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], run_dir: Path)
     data_path = cfg.data_path
     if data_path != SYNTHETIC:
         data_path = str(Path(resolve_data_path(data_path)).resolve())
-    changes: dict[str, Any] = {"data-path": data_path, "run-dir": str(run_dir)}
+    changes: dict[str, Any] = {"data-path": data_path, "run-dir": str(run_dir),
+                               # node state (user embeddings) on disk, so runs can resume and recommend later
+                               "node-state-dir": cfg.node_state_dir or str(run_dir / "nodes")}
     if cfg.partitioner == "user-per-node":
         tables = load_tables(data_path, seed=cfg.seed, synthetic_users=cfg.synthetic_users,
                              synthetic_items=cfg.synthetic_items)

@@ -1,0 +1,229 @@
+"""gRPC glue around :class:`NodeRecommender`: validation, status codes, health, TLS, hot reload.
+
+- Every request field is checked before any work; a bad request gets
+  ``INVALID_ARGUMENT`` (malformed pseudonym, k outside 1..1000, λ outside [0, 1],
+  negative or non-finite penalty, unknown or too many/few cold interactions) and
+  an unknown user ``NOT_FOUND``. An unexpected exception becomes ``INTERNAL``
+  (logged); the server never dies on input.
+- Hot reload (``ReloadModel`` RPC, or :meth:`RecommenderService.reload` from SIGHUP)
+  builds the new recommender completely, then swaps one reference. A request
+  reads the reference once, so it runs on the old or the new model, never a mix,
+  and no request is dropped or failed by a reload. A failed reload keeps the old
+  model (``FAILED_PRECONDITION``).
+- Health: the standard ``grpc.health.v1`` service, SERVING for ``""`` and for
+  ``fedrec.serving.v1.Recommender``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from client.recommender import MAX_K, NodeRecommender, Recommendations
+from client.serving import recommend_pb2 as pb
+from client.serving import recommend_pb2_grpc as pb_grpc
+from shared.errors import FedrecError
+
+log = logging.getLogger("fedrec.serving")
+
+SERVICE = "fedrec.serving.v1.Recommender"
+PSEUDONYM = re.compile(r"[0-9a-f]{32}")
+MAX_COLD = 1000
+MALFORMED = object()  # what the lenient parser returns for bytes that are not a valid request (grpc reserves None)
+
+
+class RequestError(Exception):
+    """A request the server refuses, with its gRPC status code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def _guarded(handler: Callable) -> Callable:
+    """Map RequestError to its status and anything else to INTERNAL; the RPC thread never raises."""
+
+    @functools.wraps(handler)
+    def wrapper(self, request, context: grpc.ServicerContext):
+        try:
+            if request is MALFORMED:
+                raise _invalid("malformed request: not a valid protobuf message of this method")
+            return handler(self, request, context)
+        except RequestError as exc:
+            code, message = exc.code, str(exc)
+        except Exception:  # a bug, not a bad request: log it, answer INTERNAL, keep serving
+            log.exception("%s failed", handler.__name__)
+            code, message = grpc.StatusCode.INTERNAL, "internal error"
+        context.abort(code, message)
+
+    return wrapper
+
+
+def _options(k: int, diversity: float, penalty: float) -> None:
+    if not 1 <= k <= MAX_K:
+        raise _invalid(f"k must lie in 1..{MAX_K}, got {k}")
+    if not 0.0 <= diversity <= 1.0:  # also rejects NaN
+        raise _invalid(f"diversity must lie in [0, 1], got {diversity}")
+    if not (np.isfinite(penalty) and penalty >= 0.0):
+        raise _invalid(f"popularity_penalty must be a finite number >= 0, got {penalty}")
+
+
+def _pseudonym(value: str, what: str) -> str:
+    if not PSEUDONYM.fullmatch(value):
+        raise _invalid(f"{what} must be a pseudonym of 32 lowercase hex characters, got {value[:40]!r}")
+    return value
+
+
+def _reply(rec: NodeRecommender, recs: Recommendations, user: str = "") -> pb.RecommendReply:
+    valid = recs.items[0] >= 0
+    names, scores = rec.item_ids[recs.items[0][valid]], recs.scores[0][valid]
+    return pb.RecommendReply(user=user, model_version=rec.version,
+                             items=[pb.ScoredItem(item=i, score=float(s)) for i, s in zip(names, scores, strict=True)])
+
+
+class RecommenderService(pb_grpc.RecommenderServicer):
+    """The ``fedrec.serving.v1.Recommender`` service over a swappable recommender."""
+
+    def __init__(self, loader: Callable[[], NodeRecommender], initial: NodeRecommender | None = None) -> None:
+        self._loader = loader
+        self._current = initial if initial is not None else loader()
+        self._reload_lock = threading.Lock()
+
+    @property
+    def current(self) -> NodeRecommender:
+        return self._current
+
+    def reload(self) -> tuple[str, NodeRecommender]:
+        """Load from the source, then swap; returns (previous version, new recommender). Raises on failure."""
+        with self._reload_lock:
+            new = self._loader()
+            previous, self._current = self._current.version, new
+        log.info("model reloaded: %s -> %s", previous, new.version)
+        return previous, new
+
+    @_guarded
+    def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendReply:
+        rec = self._current  # read once: one consistent model for this request
+        user = _pseudonym(request.user, "user")
+        _options(request.k, request.diversity, request.popularity_penalty)
+        row = rec.user_row(user)
+        if row is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"user {user} is not known to this node")
+        exclude = request.exclude_seen if request.HasField("exclude_seen") else True
+        recs = rec.recommend(np.array([row]), request.k, exclude_seen=exclude, diversity=request.diversity,
+                             popularity_penalty=request.popularity_penalty)
+        return _reply(rec, recs, user)
+
+    @_guarded
+    def RecommendCold(self, request: pb.RecommendColdRequest, context) -> pb.RecommendReply:
+        rec = self._current
+        _options(request.k, request.diversity, request.popularity_penalty)
+        n = len(request.interactions)
+        if not 1 <= n <= MAX_COLD:
+            raise _invalid(f"interactions must list 1..{MAX_COLD} item pseudonyms, got {n}")
+        rows = []
+        for i, item in enumerate(request.interactions):
+            row = rec.item_row(_pseudonym(item, f"interactions[{i}]"))
+            if row is None:
+                raise _invalid(f"interactions[{i}]: item {item} is not in the catalog")
+            rows.append(row)
+        recs = rec.recommend_cold(np.asarray(rows), request.k, diversity=request.diversity,
+                                  popularity_penalty=request.popularity_penalty)
+        return _reply(rec, recs)
+
+    @_guarded
+    def ReloadModel(self, request: pb.ReloadModelRequest, context) -> pb.ReloadModelReply:
+        try:
+            previous, new = self.reload()
+        except FedrecError as exc:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, f"reload failed, old model kept: {exc}") from None
+        return pb.ReloadModelReply(model_version=new.version, previous_version=previous, users=new.n_users)
+
+
+def _lenient(parse: Callable[[bytes], object]) -> Callable[[bytes], object]:
+    """A request parser that yields MALFORMED on undecodable bytes (answered INVALID_ARGUMENT, not INTERNAL)."""
+
+    def parser(data: bytes) -> object:
+        try:
+            return parse(data)
+        except Exception:  # protobuf DecodeError and friends
+            return MALFORMED
+
+    return parser
+
+
+def _handlers(service: RecommenderService) -> grpc.GenericRpcHandler:
+    methods = {
+        "Recommend": (service.Recommend, pb.RecommendRequest, pb.RecommendReply),
+        "RecommendCold": (service.RecommendCold, pb.RecommendColdRequest, pb.RecommendReply),
+        "ReloadModel": (service.ReloadModel, pb.ReloadModelRequest, pb.ReloadModelReply),
+    }
+    return grpc.method_handlers_generic_handler(SERVICE, {
+        name: grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_lenient(req.FromString),
+                                                  response_serializer=rep.SerializeToString)
+        for name, (fn, req, rep) in methods.items()
+    })
+
+
+@dataclass
+class RunningServer:
+    """A started server: its bound port, the service (for reloads) and the health servicer."""
+
+    server: grpc.Server
+    port: int
+    service: RecommenderService
+    health: health.HealthServicer
+
+    def stop(self, grace: float | None = 2.0) -> None:
+        """Report NOT_SERVING, finish in-flight requests for up to ``grace`` seconds, stop."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+
+def _read_pem(path: Path | str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise FedrecError(f"{path}: cannot read the TLS {what} ({exc.strerror})") from None
+
+
+def start_server(loader: Callable[[], NodeRecommender], *, host: str = "127.0.0.1", port: int = 0,
+                 tls_cert: Path | None = None, tls_key: Path | None = None, max_workers: int = 8,
+                 initial: NodeRecommender | None = None) -> RunningServer:
+    """Load the recommender, bind ``host:port`` (0 = a free port), start serving; TLS when cert and key are given."""
+    if (tls_cert is None) != (tls_key is None):
+        raise FedrecError("TLS needs both --tls-cert and --tls-key")
+    service = RecommenderService(loader, initial)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedrec-rpc"))
+    server.add_generic_rpc_handlers((_handlers(service),))  # the generated stub's methods, lenient parsing
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{host}:{port}"
+    try:
+        if tls_cert is not None:
+            creds = grpc.ssl_server_credentials([(_read_pem(tls_key, "key"), _read_pem(tls_cert, "certificate"))])
+            bound = server.add_secure_port(address, creds)
+        else:
+            bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise FedrecError(f"cannot listen on {address} ({exc})") from None
+    if not bound:
+        raise FedrecError(f"cannot listen on {address}")
+    server.start()
+    for name in ("", SERVICE):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, bound, service, health_servicer)

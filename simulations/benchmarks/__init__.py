@@ -1,0 +1,68 @@
+"""Benchmarks of the node's final recommendations (serving latency, diversity, cold users).
+
+Each module is a script: ``python -m simulations.benchmarks.<name> --data-dir ../shared/data --out FILE.json``.
+They print a table and write JSON (and PNGs beside it). Models they train are cached under
+``$FEDREC_CACHE_DIR/benchmarks/<name>`` (a normal ``fedrec train`` run directory), so a
+second run, or another benchmark using the same model, skips training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from shared.config import RunConfig
+from shared.datasets import cache_dir
+
+# The ML-1M reference model of these benchmarks: GMF (NCF's MF tower), 32 factors, 4 negatives,
+# Adam lr 0.002 with batch 1024, 10 epochs (about 15 s per epoch on one core; benchmarks use one torch thread).
+ML1M_GMF = {"data-path": "movielens:ml-1m", "model": "gmf", "embedding-dim": 32, "num-negatives": 4,
+            "lr": 0.002, "batch-size": 1024, "epochs": 10, "patience": 0, "full-rank": False, "seed": 42}
+
+
+def use_data_dir(path: str | Path) -> None:
+    """Point MovieLens resolution (``movielens:<name>`` data paths) at ``path``."""
+    os.environ["FEDREC_DATA_DIR"] = str(Path(path).expanduser().resolve())
+
+
+def trained_run(name: str, overrides: dict[str, Any]) -> Path:
+    """A centralized run directory for ``overrides``, trained once and cached by ``name``."""
+    from simulations.centralized import train_centralized
+
+    cfg = RunConfig.from_mapping(overrides)
+    out = cache_dir() / "benchmarks" / name
+    done = out / "summary.json"
+    if done.exists() and json.loads((out / "config.json").read_text())["config"] == cfg.to_flower_config():
+        print(f"using the cached model {out}")
+        return out
+    if done.exists():
+        done.unlink()  # same name, other settings: train again
+    print(f"training {cfg.model} on {cfg.data_path} for {cfg.epochs} epochs -> {out}")
+    train_centralized(cfg, out, show_progress=True)
+    return out
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
+    """A plain fixed-width table on stdout."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return "nan" if math.isnan(v) else f"{v:.4f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print(title)
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def write_json(path: str | Path, doc: dict[str, Any]) -> None:
+    """Write ``doc`` as indented JSON (parents created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {path}")

@@ -1,0 +1,45 @@
+"""DP federation end to end (in-process runtime): budgets hold, the ledger audits clean."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from fedrec.cli import app
+from server.ledger import NAME
+from shared.ledger import read_jsonl
+from tests.test_federation import cfg_for, run_federation
+
+
+def test_dp_run_records_a_verifiable_ledger_and_refuses_past_its_budget(tmp_path):
+    base = {"dp": True, "target-epsilon": 3.0, "node-state-dir": str(tmp_path / "nodes"), "num-server-rounds": 2}
+    summary, _ = run_federation(cfg_for(tmp_path, **base))
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["epsilon_max"] <= 3.0 for r in records)
+    assert records[1]["epsilon_max"] > records[0]["epsilon_max"]
+    entries = read_jsonl(tmp_path / "run" / NAME)
+    assert len(entries) == 3 * 2 and {e["unit"] for e in entries} == {"user"}
+    assert max(e["epsilon"] for e in entries) <= 3.0
+    # the plan covered 2 rounds: continuing the run for 2 more makes every node refuse, and the run goes on
+    summary = run_federation(cfg_for(tmp_path, **{**base, "num-server-rounds": 4,
+                                                  "resume-from": str(tmp_path / "run")}))[0]
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2, 3, 4] and summary.rounds_run == 4
+    for r in records[2:]:
+        assert len(r["failed"]) == 3 and all("privacy budget" in why for _, why in r["failed"])
+        assert r["nodes"] == []
+    assert len(read_jsonl(tmp_path / "run" / NAME)) == 6  # no spend was recorded for refused rounds
+    result = CliRunner().invoke(app, ["audit", str(tmp_path / "run" / NAME), "--budget", "3.0"])
+    assert result.exit_code == 0, result.output
+
+
+def test_interaction_unit_trains_the_whole_model_privately(tmp_path):
+    base = {"dp": True, "privacy-unit": "interaction", "target-epsilon": 8.0, "num-server-rounds": 1,
+            "node-state-dir": str(tmp_path / "nodes"), "dp-sample-rate": 0.05}
+    run_federation(cfg_for(tmp_path, **base))
+    entries = read_jsonl(tmp_path / "run" / NAME)
+    assert {e["unit"] for e in entries} == {"interaction"} and all(e["epsilon"] <= 8.0 for e in entries)
+    # one epoch is 1/q Poisson steps (q = 1/ceil(n / round(0.05 n)), so 20 or 21 steps)
+    assert {e["steps"] for e in entries} <= {20, 21}
+    assert all(abs(e["sample_rate"] - 1 / e["steps"]) < 1e-12 for e in entries)
