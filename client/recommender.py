@@ -52,26 +52,27 @@ def everything_seen(data: InteractionData) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Scorer:
-    """Logits of user vectors against the whole catalog, (B, n_items) float32."""
+    """Logits of user vectors against the whole catalog, (B, n_items) float32 — what ``model.forward`` gives."""
 
     def __init__(self, model: Recommender) -> None:
         self.model = model
         with torch.no_grad():
             self.items = {name: t.weight.detach().unsqueeze(0) for name, t in model.item_emb.items()}
+            item_bias = getattr(model, "item_bias", None)  # optional per-item logit offset
+            self.offset = item_bias.weight.detach()[:, 0].numpy() if item_bias is not None else np.float32(0)
             self.gmf = None
             if isinstance(model, GMF):
                 h = model.out.weight.detach()[0]
-                self.gmf = ((model.item_emb["gmf"].weight.detach() * h).T.contiguous().numpy(),
-                            float(model.out.bias.detach()[0]))
+                self.gmf = (model.item_emb["gmf"].weight.detach() * h).T.contiguous().numpy()
+                self.offset = (self.offset + model.out.bias.detach().numpy()).astype(np.float32)
 
     @torch.no_grad()
     def __call__(self, users: dict[str, torch.Tensor]) -> np.ndarray:
         if self.gmf is not None:
-            matrix, bias = self.gmf
-            return users["gmf"][:, 0, :].numpy() @ matrix + np.float32(bias)
+            return users["gmf"][:, 0, :].numpy() @ self.gmf + self.offset
         n = next(iter(users.values())).shape[0]
         items = {name: v.expand(n, -1, -1) for name, v in self.items.items()}
-        return self.model.score(users, items).numpy()
+        return self.model.score(users, items).numpy() + self.offset
 
 
 @dataclass(frozen=True, eq=False)

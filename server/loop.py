@@ -28,7 +28,9 @@ from server.report import write_plots
 from server.strategies import build_strategy, restore_strategy_state, strategy_state
 from shared.config import RunConfig
 from shared.datasets import load_tables
-from shared.models import build_model, global_state
+from shared.errors import ConfigError
+from shared.models import build_model, global_state, init_items_from_metadata
+from shared.prepared import genre_matrix
 from shared.rundir import RunDirectory
 from shared.seeding import torch_seed
 
@@ -57,6 +59,11 @@ def initial_model(cfg: RunConfig) -> tuple[OrderedDict[str, torch.Tensor], str]:
                          synthetic_items=cfg.synthetic_items)
     with torch_seed(cfg.seed, "global-init"):
         model = build_model(cfg, 1, len(tables.catalog))
+    if cfg.item_init == "genres":
+        features = genre_matrix(tables)
+        if features is None:
+            raise ConfigError("item-init", "the dataset has no public item genres (prepare it with --item-metadata)")
+        init_items_from_metadata(model, features, seed=cfg.seed)
     return global_state(model), tables.catalog.content_hash
 
 

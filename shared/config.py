@@ -52,6 +52,8 @@ class RunConfig:
     embedding_dim: int = field(default=32, metadata=_range(1, 1024))
     mlp_layers: str = "64,32,16"
     num_negatives: int = field(default=4, metadata=_range(1, 1000))
+    item_bias: bool = False  # a global per-item logit offset
+    item_init: str = field(default="random", metadata=_choice("random", "genres"))  # public-metadata init
     # --- local training ----------------------------------------------------
     optimizer: str = field(default="adam", metadata=_choice("adam", "sgd"))
     lr: float = field(default=0.001, metadata=_range(0, lo_open=True))

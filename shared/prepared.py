@@ -234,3 +234,17 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def genre_matrix(tables: PreparedTables) -> np.ndarray | None:
+    """Public item metadata as a (n_items, n_genres) 0/1 matrix in catalog order (None if absent)."""
+    if tables.item_genres is None or tables.item_genres.empty:
+        return None
+    vocab = sorted({g for gs in tables.item_genres["genres"] for g in gs})
+    col = {g: j for j, g in enumerate(vocab)}
+    out = np.zeros((len(tables.catalog), len(vocab)), np.float32)
+    rows = tables.catalog.index_of(tables.item_genres["item"].tolist())
+    for row, genres in zip(rows, tables.item_genres["genres"], strict=True):
+        if row >= 0:
+            out[row, [col[g] for g in genres]] = 1.0
+    return out

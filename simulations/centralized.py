@@ -20,10 +20,12 @@ from client.trainer import TrainSettings, make_optimizer, train_epochs
 from shared import splits
 from shared.config import RunConfig
 from shared.datasets import load_tables
+from shared.errors import ConfigError
 from shared.evaluation import evaluate_ranking, evaluate_rating
 from shared.interactions import InteractionData
-from shared.models import build_model
+from shared.models import build_model, init_items_from_metadata
 from shared.plots import learning_curves
+from shared.prepared import genre_matrix
 from shared.progress import progress_bar
 from shared.rundir import RunDirectory
 from shared.seeding import numpy_rng, torch_seed
@@ -62,15 +64,22 @@ def train_centralized(
     Writes a run directory to ``out`` when given (config, metrics.jsonl, model.pt,
     summary.json, learning_curves.png).
     """
-    if data is None:
+    tables = None
+    if data is None or cfg.item_init == "genres":
         tables = load_tables(cfg.data_path, seed=cfg.seed, synthetic_users=cfg.synthetic_users,
                              synthetic_items=cfg.synthetic_items)
+    if data is None:
         data = InteractionData.from_tables(tables)
         value_range = tuple(tables.manifest["value_range"])
     value_range = value_range or (1.0, 5.0)
     run = RunDirectory.create(out, cfg, kind="centralized") if out is not None else None
     with torch_seed(cfg.seed, "model"):
         model = build_model(cfg, data.n_users, data.n_items)
+    if cfg.item_init == "genres":
+        features = genre_matrix(tables)
+        if features is None:
+            raise ConfigError("item-init", "the dataset has no public item genres (prepare it with --item-metadata)")
+        init_items_from_metadata(model, features, seed=cfg.seed)
     settings = TrainSettings.from_config(cfg, value_range)
     optimizer = make_optimizer(model.parameters(), settings)
     best: tuple[float, int, dict[str, Any], dict[str, float]] | None = None

@@ -13,7 +13,7 @@ import torch
 from client.app import app as client_app
 from client.data_owner import PrepareOptions, prepare_dataset, reveal
 from client.diversity import mmr_rerank, popularity_prior, unit_rows
-from client.recommender import everything_seen
+from client.recommender import NodeRecommender, everything_seen
 from client.serving.source import ModelSource
 from client.state import users_fingerprint
 from fedrec.cli import main as cli_main
@@ -25,6 +25,7 @@ from shared.errors import FedrecError
 from shared.evaluation import score_all_items
 from shared.interactions import InteractionData
 from shared.keys import generate_keys
+from shared.models import build_model
 from shared.pseudonyms import pseudonym
 from shared.synthetic import SyntheticSpec, generate
 from simulations.centralized import train_centralized
@@ -64,9 +65,20 @@ def forward_scores(rec) -> np.ndarray:
     return np.concatenate([b for _, b in score_all_items(rec.model, users)])
 
 
-@pytest.mark.parametrize("model", ["gmf", "neumf"])
+@pytest.mark.parametrize("model", ["gmf", "neumf", "neumf-item-bias", "mlp-item-bias"])
 def test_top_k_equals_the_model_forward_ranking_with_seen_items_excluded(runs, model):
-    rec = ModelSource(run=runs[model]).load()
+    if model in runs:
+        rec = ModelSource(run=runs[model]).load()
+    else:  # an untrained model with a random per-item offset (when the config has item-bias)
+        name = model.removesuffix("-item-bias")
+        known = RunConfig.keys()
+        if "item-bias" not in known:
+            pytest.skip("this checkout has no item-bias option")
+        cfg = RunConfig.from_mapping({**SMALL, "model": name, "item-bias": True, "mlp-layers": "16,8"})
+        data = InteractionData.from_tables(synthetic_tables(42, 160, 240))
+        net = build_model(cfg, data.n_users, data.n_items)
+        torch.nn.init.normal_(net.item_bias.weight)
+        rec = NodeRecommender.build(cfg, net, data, np.arange(data.n_items).astype(str))
     users = np.arange(rec.n_users)
     got = rec.recommend(users, 10)
     full = forward_scores(rec)
@@ -160,7 +172,7 @@ def _federate(cfg: RunConfig, node_configs):
     return FederatedRun(cfg, grid, 1).execute()
 
 
-def test_federated_simulation_run_dir_gives_each_node_its_own_users(tmp_path):
+def test_federated_simulation_run_dir_gives_each_node_its_own_users(tmp_path, monkeypatch):
     cfg = RunConfig.from_mapping({**SMALL, "model": "gmf", "num-partitions": 2, "min-nodes": 2,
                                   "num-server-rounds": 1, "run-dir": str(tmp_path / "run"),
                                   "node-state-dir": str(tmp_path / "nodes")})
@@ -175,6 +187,9 @@ def test_federated_simulation_run_dir_gives_each_node_its_own_users(tmp_path):
         assert rec.recommend(np.arange(rec.n_users), 5).items.min() >= 0
         seen_users |= set(rec.user_ids)
     assert len(seen_users) == 160
+    assert run_cli(monkeypatch, "recommend", "--run", tmp_path / "run", "--k", 3, "--out", tmp_path / "all.csv") == 0
+    frame = pd.read_csv(tmp_path / "all.csv")
+    assert len(frame) == 160 * 3 and set(frame["user"]) == seen_users  # every node's users, each with its own rows
     with pytest.raises(FedrecError, match="--partition"):
         ModelSource(run=tmp_path / "run").load()
     with pytest.raises(FedrecError, match="outside"):
@@ -257,3 +272,22 @@ def test_owner_reveals_recommendations_and_a_wrong_key_fails_cleanly(tmp_path, m
                    tmp_path / "other", "--out", tmp_path / "bad.csv", "--reid-map",
                    next((tmp_path / "keys" / "reid").glob("*.enc"))) == 2
     assert not (tmp_path / "bad.csv").exists()
+
+
+@pytest.mark.data
+def test_reveal_adds_movielens_titles(ml100k, tmp_path, monkeypatch):
+    from shared.datasets import prepared_movielens
+
+    monkeypatch.setenv("FEDREC_DATA_DIR", str(ml100k.parents[1]))
+    monkeypatch.setenv("FEDREC_CACHE_DIR", str(tmp_path / "cache"))
+    dataset = prepared_movielens("ml-100k")
+    tables = prepared.read(dataset)
+    keys = tmp_path / "cache" / "keys"
+    from shared.keys import load_keys
+
+    item_key = load_keys(keys).item
+    toy_story, users = pseudonym(item_key, "1"), sorted(tables.interactions["user"].unique())[:2]
+    pd.DataFrame({"user": users, "rank": [1, 1], "item": [toy_story] * 2}).to_csv(tmp_path / "r.csv", index=False)
+    reveal(tmp_path / "r.csv", dataset=dataset, keys_dir=keys, out=tmp_path / "raw.json", titles=ml100k / "u.item")
+    frame = pd.read_json(tmp_path / "raw.json", dtype=False)
+    assert list(frame["raw_item"]) == ["1", "1"] and set(frame["title"]) == {"Toy Story (1995)"}

@@ -125,7 +125,7 @@ def test_bad_requests_get_proper_status_codes_and_the_server_keeps_serving(serve
 
 @pytest.mark.parametrize("payload", [b"\xff\xff\xff", b"\x0a\x02\xc3\x28"])  # garbage; invalid UTF-8 in a string
 def test_undecodable_bytes_are_invalid_argument(served, payload):
-    running, client = served
+    _, client = served
     call = client.channel.unary_unary(f"/{SERVICE}/Recommend")  # raw bytes in, raw bytes out
     with pytest.raises(grpc.RpcError) as err:
         call(payload, timeout=10)

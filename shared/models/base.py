@@ -27,6 +27,7 @@ class Recommender(nn.Module):
 
     user_emb: nn.ModuleDict
     item_emb: nn.ModuleDict
+    item_bias: nn.Embedding | None = None  # optional per-item logit offset (global)
 
     def user_vectors(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-table user embeddings, shape (B, 1, d)."""
@@ -42,7 +43,10 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        return self.score(self.user_vectors(users), self.item_vectors(items))
+        logits = self.score(self.user_vectors(users), self.item_vectors(items))
+        if self.item_bias is not None:
+            logits = logits + self.item_bias(items).squeeze(-1)
+        return logits
 
     @torch.no_grad()
     def item_representation(self) -> torch.Tensor:

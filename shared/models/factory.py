@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+import torch
+from torch import nn
+
 from shared.config import RunConfig
 from shared.models.base import Recommender
 from shared.models.towers import GMF, MLP, NeuMF
@@ -13,11 +17,36 @@ def build_model(cfg: RunConfig, n_users: int, n_items: int) -> Recommender:
     """A fresh model for ``n_users`` local users over an ``n_items`` catalog.
 
     The coordinator builds it with ``n_users=1`` and uses only the global part.
+    ``item-bias`` adds a global per-item logit offset (zero-initialised).
     """
+    model: Recommender
     if cfg.model == "gmf":
-        return GMF(n_users, n_items, cfg.embedding_dim)
-    if cfg.model == "mlp":
-        return MLP(n_users, n_items, cfg.embedding_dim, cfg.hidden_layers)
-    if cfg.model == "neumf":
-        return NeuMF(n_users, n_items, cfg.embedding_dim, cfg.hidden_layers)
-    raise ValueError(f"unknown model {cfg.model!r}")
+        model = GMF(n_users, n_items, cfg.embedding_dim)
+    elif cfg.model == "mlp":
+        model = MLP(n_users, n_items, cfg.embedding_dim, cfg.hidden_layers)
+    elif cfg.model == "neumf":
+        model = NeuMF(n_users, n_items, cfg.embedding_dim, cfg.hidden_layers)
+    else:
+        raise ValueError(f"unknown model {cfg.model!r}")
+    if cfg.item_bias:
+        model.item_bias = nn.Embedding(n_items, 1)
+        nn.init.zeros_(model.item_bias.weight)
+    return model
+
+
+@torch.no_grad()
+def init_items_from_metadata(model: Recommender, features: np.ndarray, *, seed: int, norm: float = 0.5) -> None:
+    """Initialise every item table from public item features (e.g. a genre multi-hot matrix).
+
+    Row ``i`` becomes ``norm * unit(features_i @ R)`` with a seeded Gaussian projection ``R``
+    (one per table), so items sharing genres start close together. Items without
+    features keep their random initialisation. Uses public catalog metadata only.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    feats = torch.as_tensor(features, dtype=torch.float32)
+    has = feats.abs().sum(1) > 0
+    for table in model.item_emb.values():
+        proj = torch.randn(feats.shape[1], table.embedding_dim, generator=gen)
+        rows = feats @ proj
+        rows = norm * rows / rows.norm(dim=1, keepdim=True).clamp(min=1e-9)
+        table.weight[has] = rows[has]
