@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from client.privacy import DPPlan, train_private
+from client.privacy import DPPlan, train_private, train_user_embeddings
 from client.trainer import TrainResult, TrainSettings, make_optimizer, train_epochs
 from shared import splits
 from shared.config import RunConfig
@@ -73,6 +73,9 @@ class LocalNode:
                 generator=torch_generator(self.cfg.seed, "dp-noise", self.node_key, server_round),
             )
             return RoundOutcome(global_state(model), local_state(model), result)
+        if self.cfg.user_epochs:  # FedRecon-style: first fit this node's user rows to the received global part
+            train_user_embeddings(model, self.data, self.settings, epochs=self.cfg.user_epochs, lr=self.cfg.user_lr,
+                                  rng=numpy_rng(self.cfg.seed, "users", self.node_key, server_round))
         anchor = {k: v.detach().clone() for k, v in global_part.items()} if proximal_mu > 0 else None
         result = train_epochs(
             model, self.data, self.settings, epochs=self.cfg.local_epochs,

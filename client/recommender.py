@@ -103,6 +103,16 @@ class NodeRecommender:
             popularity=popularity_prior(self.item_counts),
             global_part=global_state(self.model),
         )
+        self._check_scorer()
+
+    def _check_scorer(self) -> None:
+        """The fast scorer must reproduce ``model.forward`` (guards against model changes it does not know)."""
+        with torch.no_grad():
+            first = torch.zeros(1, dtype=torch.long)
+            want = self.model(first, torch.arange(self.n_items).unsqueeze(0)).numpy()
+            got = self._derived["scorer"]({n: t.weight[first].unsqueeze(1) for n, t in self.model.user_emb.items()})
+        if not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+            raise ValueError(f"fast scoring disagrees with {type(self.model).__name__}.forward (client/recommender.py)")
 
     @classmethod
     def build(cls, cfg: RunConfig, model: Recommender, data: InteractionData, item_ids, *, version: str = "",

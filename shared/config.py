@@ -51,6 +51,7 @@ class RunConfig:
     task: str = field(default="implicit", metadata=_choice("implicit", "explicit"))
     embedding_dim: int = field(default=32, metadata=_range(1, 1024))
     mlp_layers: str = "64,32,16"
+    mlp_activation: str = field(default="sigmoid", metadata=_choice("sigmoid", "relu", "tanh"))  # model=mlp only
     num_negatives: int = field(default=4, metadata=_range(1, 1000))
     item_bias: bool = False  # a global per-item logit offset
     item_init: str = field(default="random", metadata=_choice("random", "genres"))  # public-metadata init
@@ -62,6 +63,7 @@ class RunConfig:
     local_epochs: int = field(default=1, metadata=_range(1))
     # --- centralized reference ---------------------------------------------
     epochs: int = field(default=20, metadata=_range(1))
+    pretrain_epochs: int = field(default=0, metadata=_range(0))  # neumf: pretrain GMF and MLP towers (NCF)
     # --- federation (coordinator) ------------------------------------------
     num_server_rounds: int = field(default=10, metadata=_range(1))
     fraction_train: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))
@@ -84,7 +86,7 @@ class RunConfig:
     clip_norm: float = field(default=1.0, metadata=_range(0, lo_open=True))
     dp_sample_rate: float = field(default=0.1, metadata=_range(0, 1, lo_open=True))
     dp_max_interactions: int = field(default=64, metadata=_range(1))
-    user_epochs: int = field(default=1, metadata=_range(0))  # noise-free local user-embedding passes (user unit)
+    user_epochs: int = field(default=1, metadata=_range(0))  # local user-embedding-only passes before each round
     user_lr: float = field(default=0.01, metadata=_range(0, lo_open=True))
     # --- node ----------------------------------------------------------------
     node_state_dir: str = ""  # simulation: base dir for per-node state ("" = in memory only)

@@ -24,6 +24,7 @@ from shared.errors import ConfigError
 from shared.evaluation import evaluate_ranking, evaluate_rating
 from shared.interactions import InteractionData
 from shared.models import build_model, init_items_from_metadata
+from shared.models.factory import neumf_from_pretrained
 from shared.plots import learning_curves
 from shared.prepared import genre_matrix
 from shared.progress import progress_bar
@@ -61,8 +62,10 @@ def train_centralized(
 ) -> CentralizedResult:
     """Train ``cfg.model`` on all users for up to ``cfg.epochs`` epochs with early stopping.
 
-    Writes a run directory to ``out`` when given (config, metrics.jsonl, model.pt,
-    summary.json, learning_curves.png).
+    With ``pretrain-epochs`` > 0 and ``model = "neumf"``, first trains a GMF and a
+    ReLU MLP (each with its own validation-based early stopping) and starts NeuMF
+    from them (NCF's pretraining). Writes a run directory to ``out`` when given
+    (config, metrics.jsonl, model.pt, summary.json, learning_curves.png).
     """
     tables = None
     if data is None or cfg.item_init == "genres":
@@ -73,50 +76,77 @@ def train_centralized(
         value_range = tuple(tables.manifest["value_range"])
     value_range = value_range or (1.0, 5.0)
     run = RunDirectory.create(out, cfg, kind="centralized") if out is not None else None
-    with torch_seed(cfg.seed, "model"):
-        model = build_model(cfg, data.n_users, data.n_items)
-    if cfg.item_init == "genres":
-        features = genre_matrix(tables)
-        if features is None:
-            raise ConfigError("item-init", "the dataset has no public item genres (prepare it with --item-metadata)")
-        init_items_from_metadata(model, features, seed=cfg.seed)
-    settings = TrainSettings.from_config(cfg, value_range)
-    optimizer = make_optimizer(model.parameters(), settings)
-    best: tuple[float, int, dict[str, Any], dict[str, float]] | None = None
-    stale, train_seconds, epoch = 0, 0.0, 0
-    with progress_bar(show_progress) as bar:
-        task = bar.add_task(f"centralized {cfg.model}", total=cfg.epochs, status="")
-        for epoch in range(1, cfg.epochs + 1):
-            result = train_epochs(model, data, settings, epochs=1, rng=numpy_rng(cfg.seed, "central", epoch),
-                                  optimizer=optimizer)
-            train_seconds += result.seconds
-            record: dict[str, Any] = {"epoch": epoch, "train_loss": result.loss, "seconds": result.seconds}
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                t0 = time.perf_counter()
-                val = evaluate(model, data, cfg, splits.VAL, value_range, full_rank=cfg.full_rank)
-                record |= {"val": val, "eval_seconds": time.perf_counter() - t0}
-                if best is None or _score(cfg, val) > best[0]:
-                    best = (_score(cfg, val), epoch, copy.deepcopy(model.state_dict()), val)
-                    stale = 0
-                else:
-                    stale += 1
-            if run:
-                run.log(record)
-            bar.update(task, advance=1, status=_status(record))
-            if cfg.patience and stale >= cfg.patience:
-                break
-    assert best is not None
-    model.load_state_dict(best[2])
+    features = genre_matrix(tables) if cfg.item_init == "genres" else None
+    if cfg.item_init == "genres" and features is None:
+        raise ConfigError("item-init", "the dataset has no public item genres (prepare it with --item-metadata)")
+    fit = _Fitter(data, value_range, run, show_progress, features)
+    pretrained_seconds = 0.0
+    if cfg.model == "neumf" and cfg.pretrain_epochs:
+        stage = {"epochs": cfg.pretrain_epochs}
+        gmf, gmf_fit = fit(cfg.with_overrides({**stage, "model": "gmf"}), "pretrain-gmf")
+        mlp, mlp_fit = fit(cfg.with_overrides({**stage, "model": "mlp", "mlp-activation": "relu"}), "pretrain-mlp")
+        pretrained_seconds = gmf_fit.train_seconds + mlp_fit.train_seconds
+        model, outcome = fit(cfg, "neumf", start=(gmf, mlp))
+    else:
+        model, outcome = fit(cfg, cfg.model)
     test = evaluate(model, data, cfg, splits.TEST, value_range, full_rank=True)
-    outcome = CentralizedResult(best[1], best[3], test, train_seconds, epoch)
+    outcome = CentralizedResult(outcome.best_epoch, outcome.val, test, outcome.train_seconds + pretrained_seconds,
+                                outcome.epochs_run)
     if run:
         run.save_model("model.pt", {"config": cfg.to_flower_config(), "state": model.state_dict(),
-                                    "user_ids": list(data.user_ids), "epoch": best[1]})
-        run.write_json("summary.json", {"best_epoch": best[1], "epochs_run": epoch, "val": best[3], "test": test,
-                                        "train_seconds": train_seconds})
-        learning_curves(run.records(), run.path / "learning_curves.png", x="epoch",
+                                    "user_ids": list(data.user_ids), "epoch": outcome.best_epoch})
+        run.write_json("summary.json", {"best_epoch": outcome.best_epoch, "epochs_run": outcome.epochs_run,
+                                        "val": outcome.val, "test": test, "train_seconds": outcome.train_seconds})
+        records = [r for r in run.records() if r.get("stage", cfg.model) == cfg.model]
+        learning_curves(records, run.path / "learning_curves.png", x="epoch",
                         title=f"centralized {cfg.model} ({cfg.data_path})")
     return outcome
+
+
+class _Fitter:
+    """Epoch loop with validation-based model selection (shared by pretraining stages)."""
+
+    def __init__(self, data, value_range, run, show_progress, features) -> None:
+        self.data, self.value_range, self.run = data, value_range, run
+        self.show_progress, self.features = show_progress, features
+
+    def __call__(self, cfg: RunConfig, stage: str, start=None) -> tuple[torch.nn.Module, CentralizedResult]:
+        data = self.data
+        with torch_seed(cfg.seed, "model", stage):
+            model = build_model(cfg, data.n_users, data.n_items)
+        if self.features is not None:
+            init_items_from_metadata(model, self.features, seed=cfg.seed)
+        if start is not None:
+            neumf_from_pretrained(model, *start)
+        settings = TrainSettings.from_config(cfg, self.value_range)
+        optimizer = make_optimizer(model.parameters(), settings)
+        best: tuple[float, int, dict[str, Any], dict[str, float]] | None = None
+        stale, train_seconds, epoch = 0, 0.0, 0
+        with progress_bar(self.show_progress) as bar:
+            task = bar.add_task(f"centralized {stage}", total=cfg.epochs, status="")
+            for epoch in range(1, cfg.epochs + 1):
+                result = train_epochs(model, data, settings, epochs=1, optimizer=optimizer,
+                                      rng=numpy_rng(cfg.seed, "central", stage, epoch))
+                train_seconds += result.seconds
+                record: dict[str, Any] = {"stage": stage, "epoch": epoch, "train_loss": result.loss,
+                                          "seconds": result.seconds}
+                if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                    t0 = time.perf_counter()
+                    val = evaluate(model, data, cfg, splits.VAL, self.value_range, full_rank=cfg.full_rank)
+                    record |= {"val": val, "eval_seconds": time.perf_counter() - t0}
+                    if best is None or _score(cfg, val) > best[0]:
+                        best = (_score(cfg, val), epoch, copy.deepcopy(model.state_dict()), val)
+                        stale = 0
+                    else:
+                        stale += 1
+                if self.run:
+                    self.run.log(record)
+                bar.update(task, advance=1, status=_status(record))
+                if cfg.patience and stale >= cfg.patience:
+                    break
+        assert best is not None
+        model.load_state_dict(best[2])
+        return model, CentralizedResult(best[1], best[3], {}, train_seconds, epoch)
 
 
 def _status(record: dict[str, Any]) -> str:

@@ -119,3 +119,21 @@ def test_training_is_deterministic_given_the_seed(small_data):
     assert a.val == b.val and a.test == b.test
     c = train_centralized(cfg_for("gmf", epochs=2, seed=7), data=data, value_range=vr, show_progress=False)
     assert c.val != a.val
+
+
+def test_neumf_from_pretrained_fuses_the_two_towers():
+    """NCF pretraining: the fused NeuMF scores alpha * GMF + (1 - alpha) * MLP logits exactly."""
+    from shared.models.factory import neumf_from_pretrained
+
+    base = {"embedding-dim": 8, "mlp-layers": "16,8"}
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        gmf = build_model(RunConfig.from_mapping({**base, "model": "gmf"}), 5, 9)
+        mlp = build_model(RunConfig.from_mapping({**base, "model": "mlp", "mlp-activation": "relu"}), 5, 9)
+        neumf = build_model(RunConfig.from_mapping({**base, "model": "neumf"}), 5, 9)
+        for p in [*gmf.parameters(), *mlp.parameters()]:
+            torch.nn.init.normal_(p)
+    neumf_from_pretrained(neumf, gmf, mlp, alpha=0.3)
+    users, items = torch.arange(5), torch.randint(0, 9, (5, 4))
+    expected = 0.3 * gmf(users, items) + 0.7 * mlp(users, items)
+    assert torch.allclose(neumf(users, items), expected, atol=1e-5)

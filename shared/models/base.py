@@ -27,7 +27,10 @@ class Recommender(nn.Module):
 
     user_emb: nn.ModuleDict
     item_emb: nn.ModuleDict
-    item_bias: nn.Embedding | None = None  # optional per-item logit offset (global)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.item_bias: nn.Embedding | None = None  # optional per-item logit offset (global)
 
     def user_vectors(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-table user embeddings, shape (B, 1, d)."""

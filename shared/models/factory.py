@@ -23,7 +23,7 @@ def build_model(cfg: RunConfig, n_users: int, n_items: int) -> Recommender:
     if cfg.model == "gmf":
         model = GMF(n_users, n_items, cfg.embedding_dim)
     elif cfg.model == "mlp":
-        model = MLP(n_users, n_items, cfg.embedding_dim, cfg.hidden_layers)
+        model = MLP(n_users, n_items, cfg.embedding_dim, cfg.hidden_layers, cfg.mlp_activation)
     elif cfg.model == "neumf":
         model = NeuMF(n_users, n_items, cfg.embedding_dim, cfg.hidden_layers)
     else:
@@ -50,3 +50,17 @@ def init_items_from_metadata(model: Recommender, features: np.ndarray, *, seed: 
         rows = feats @ proj
         rows = norm * rows / rows.norm(dim=1, keepdim=True).clamp(min=1e-9)
         table.weight[has] = rows[has]
+
+
+@torch.no_grad()
+def neumf_from_pretrained(neumf: NeuMF, gmf: GMF, mlp: MLP, *, alpha: float = 0.5) -> None:
+    """NCF's pretraining: NeuMF's towers from a trained GMF and a trained ReLU MLP.
+
+    The fusion layer becomes ``[alpha * h_gmf, (1 - alpha) * h_mlp]`` (He et al. 2017, Sec. 3.4.1).
+    """
+    for part in ("user_emb", "item_emb"):
+        getattr(neumf, part)["gmf"].weight.copy_(getattr(gmf, part)["gmf"].weight)
+        getattr(neumf, part)["mlp"].weight.copy_(getattr(mlp, part)["mlp"].weight)
+    neumf.tower.load_state_dict(mlp.tower.state_dict())
+    neumf.out.weight.copy_(torch.cat([alpha * gmf.out.weight, (1 - alpha) * mlp.out.weight], dim=1))
+    neumf.out.bias.copy_(alpha * gmf.out.bias + (1 - alpha) * mlp.out.bias)
