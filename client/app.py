@@ -3,13 +3,16 @@
 ``train``: merge the received global arrays with this node's user embeddings,
 train locally (DP-SGD when ``dp``), keep the user embeddings on the node, reply
 with only the global part, one MetricRecord and — under DP — this node's signed
-ledger chain of the run. ``evaluate``: reply with additive metric sums.
+ledger chain of the run (as float16 with ``update-compression = "fp16"``; SecAgg+ stages go to
+:mod:`client.secagg`, which reuses :func:`train_locally`). ``evaluate``: reply with additive metric sums.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
@@ -25,13 +28,31 @@ app = ClientApp()
 log = logging.getLogger("flwr")
 
 REFUSED = 4001  # error code of a deliberate refusal (budget exhausted, wrong catalog, ...)
+SECAGG_RECORD = "secaggplus_configs"  # flwr's SecAgg+ stage record (secure-aggregation = true)
+
+
+class Refusal(Exception):
+    """A deliberate refusal to train; the reason goes back to the coordinator."""
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    """What one local training round releases: the global part, metrics, the node's ledger chain (DP)."""
+
+    global_part: OrderedDict[str, torch.Tensor]
+    metrics: dict[str, int | float]
+    ledger: list[dict] | None
 
 
 def _setup(msg: Message, context: Context) -> tuple[RunConfig, LocalNode, NodeStateStore, str, dict]:
+    return node_setup(dict(msg.content["config"]), context)
+
+
+def node_setup(config: dict, context: Context) -> tuple[RunConfig, LocalNode, NodeStateStore, str, dict]:
+    """Run config, this node's data and state store for a coordinator instruction's ``config``."""
     cfg = RunConfig.from_mapping(context.run_config)
     torch.set_num_threads(cfg.client_threads)
     nd = resolve_node_data(cfg, context.node_config)
-    config = dict(msg.content["config"])
     state_dir = context.node_config.get("state-dir") or (
         f"{cfg.node_state_dir}/{nd.node_key}" if cfg.node_state_dir else default_state_dir(nd.node_key)
     )
@@ -44,36 +65,60 @@ def _refuse(msg: Message, reason: str) -> Message:
     return Message(Error(code=REFUSED, reason=reason), reply_to=msg)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    cfg, node, store, catalog_hash, config = _setup(msg, context)
+def train_locally(config: dict, global_part: dict[str, torch.Tensor], context: Context) -> LocalUpdate:
+    """One local round (DP-SGD when ``dp``), with or without secure aggregation; raises :class:`Refusal`."""
+    cfg, node, store, catalog_hash, config = node_setup(config, context)
     if config.get("catalog-hash", catalog_hash) != catalog_hash:
-        return _refuse(msg, f"item catalog differs: node has {catalog_hash[:16]}…")
+        raise Refusal(f"item catalog differs: node has {catalog_hash[:16]}…")
     server_round = int(config["server-round"])
     account = None
     if cfg.dp and cfg.privacy_unit in ("user", "interaction"):
         account = PrivacyAccount(store, cfg, node.data, context.node_config.get("signing-key"))
         if reason := account.refusal():
-            return _refuse(msg, reason)
+            raise Refusal(reason)
     fingerprint = users_fingerprint(node.data.user_ids)
     outcome = node.train_round(
-        msg.content["arrays"].to_torch_state_dict(), store.load_local(fingerprint), server_round,
+        global_part, store.load_local(fingerprint), server_round,
         proximal_mu=float(config.get("proximal-mu", 0.0)), plan=account.plan if account else None,
     )
-    content = RecordDict()
     metrics = {
         "num-examples": outcome.result.num_examples,
         "train-loss": outcome.result.loss,
         "train-seconds": outcome.result.seconds,
         "steps": outcome.result.steps,
     }
+    chain = None
     if account is not None:  # record the spend before the update leaves the node
         entry = account.record(server_round, outcome.result.steps)
         metrics |= {"epsilon": entry["epsilon"], "delta": entry["delta"]}
-        content["ledger"] = ConfigRecord({"entries": [json.dumps(e, sort_keys=True) for e in account.chain()]})
+        chain = account.chain()
     store.save_local(outcome.local_part, fingerprint, server_round)
-    content["arrays"] = ArrayRecord(outcome.global_part)
-    content["metrics"] = MetricRecord(metrics)
+    return LocalUpdate(outcome.global_part, metrics, chain)
+
+
+def compress(arrays: dict[str, torch.Tensor], how: str) -> OrderedDict[str, torch.Tensor]:
+    """``update-compression``: "fp16" sends floating-point arrays as float16 (the coordinator upcasts)."""
+    if how == "fp16":
+        return OrderedDict((k, v.half() if v.is_floating_point() else v) for k, v in arrays.items())
+    return OrderedDict(arrays)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    if SECAGG_RECORD in msg.content.config_records:  # a SecAgg+ protocol stage: the legacy path
+        from client.secagg import handle_train
+
+        return handle_train(msg, context)
+    try:
+        update = train_locally(dict(msg.content["config"]), msg.content["arrays"].to_torch_state_dict(), context)
+    except Refusal as exc:
+        return _refuse(msg, str(exc))
+    content = RecordDict()
+    if update.ledger is not None:
+        content["ledger"] = ConfigRecord({"entries": [json.dumps(e, sort_keys=True) for e in update.ledger]})
+    how = RunConfig.from_mapping(context.run_config).update_compression
+    content["arrays"] = ArrayRecord(compress(update.global_part, how))
+    content["metrics"] = MetricRecord(update.metrics)
     return Message(content, reply_to=msg)
 
 

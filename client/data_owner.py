@@ -35,6 +35,7 @@ class PrepareOptions:
     delimiter: str | None = None
     ncf_split: Path | None = None
     item_metadata: Path | None = None
+    catalog_items: Path | None = None
     seed: int = 42
     reid_map: Path | None = None
     overwrite: bool = False
@@ -61,11 +62,12 @@ def prepare_dataset(raw_path: Path, opts: PrepareOptions) -> dict:
     if opts.ncf_split is not None:
         fixed_test, fixed_neg = movielens.load_ncf_split(opts.ncf_split)
     genres = movielens.load_item_genres(opts.item_metadata) if opts.item_metadata else None
+    catalog_items = read_catalog_items(opts.catalog_items) if opts.catalog_items else None
     dataset_id = uuid.uuid4().hex
     source = {"name": Path(raw_path).name, "format": opts.fmt, "dataset_id": dataset_id}
     try:
         tables = prepared.prepare(raw, keys, seed=opts.seed, source=source, fixed_test=fixed_test,
-                                  fixed_negatives=fixed_neg, item_genres=genres)
+                                  fixed_negatives=fixed_neg, item_genres=genres, catalog_items=catalog_items)
     except DataError as exc:
         if exc.source is None and opts.ncf_split is not None and exc.line is not None:
             raise DataError(exc.detail, source=str(opts.ncf_split), line=exc.line, field=exc.field) from None
@@ -78,6 +80,39 @@ def prepare_dataset(raw_path: Path, opts: PrepareOptions) -> dict:
     assert tables.reid is not None
     tables.reid.save(reid_path, keys.owner, bound_to=tables.manifest["reid_binding"])
     return tables.manifest | {"reid_map": str(reid_path)}
+
+
+def read_catalog_items(path: Path) -> list[str]:
+    """The federation's item list (raw ids): a MovieLens item file, or one id per line."""
+    if path.name in ("u.item", "movies.dat"):
+        return list(movielens.load_item_titles(path))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read item list ({exc})", source=str(path)) from None
+    items = [line.strip() for line in lines if line.strip()]
+    if not items:
+        raise DataError("the item list is empty", source=str(path))
+    if len(set(items)) != len(items):
+        raise DataError("the item list has duplicate ids", source=str(path))
+    return items
+
+
+def write_catalog(items_path: Path, keys_dir: Path, out: Path) -> str:
+    """Pseudonymize a federation's item list with the shared item key into a catalog file; return its hash.
+
+    Every data owner and the coordinator (``catalog-path``) then use the same catalog.
+    """
+    from shared.catalog import ItemCatalog
+    from shared.keys import load_key
+    from shared.pseudonyms import pseudonym_map
+
+    item_key = load_key(Path(keys_dir) / "item.key", "item")
+    catalog = ItemCatalog.from_pseudonyms(pseudonym_map(item_key, read_catalog_items(items_path)).values())
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"item": pa.array(catalog.items, type=pa.string())}), sink)
+    atomic_write_bytes(out, sink.getvalue().to_pybytes())
+    return catalog.content_hash
 
 
 def _binding(manifest: dict) -> str:

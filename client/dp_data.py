@@ -64,9 +64,9 @@ class UserSamples(Dataset):
             items[r, c, 1:] = self.sampler(users_arr[r], k, self.rng)
         targets = np.zeros_like(mask)
         targets[:, :, 0] = mask[:, :, 0]
-        n = len(users_arr)
-        return (torch.from_numpy(users_arr), torch.from_numpy(items.reshape(n, -1)),
-                torch.from_numpy(targets.reshape(n, -1)), torch.from_numpy(mask.reshape(n, -1)))
+        n, t = len(users_arr), L * (1 + k)  # explicit width: an empty Poisson batch has n = 0
+        return (torch.from_numpy(users_arr), torch.from_numpy(items.reshape(n, t)),
+                torch.from_numpy(targets.reshape(n, t)), torch.from_numpy(mask.reshape(n, t)))
 
 
 class InteractionSamples(Dataset):

@@ -80,7 +80,7 @@ class LocalNode:
         result = train_epochs(
             model, self.data, self.settings, epochs=self.cfg.local_epochs,
             rng=numpy_rng(self.cfg.seed, "train", self.node_key, server_round),
-            optimizer=make_optimizer(model.parameters(), self.settings),
+            optimizer=make_optimizer(model, self.settings),
             proximal=(proximal_mu, anchor) if anchor is not None else None,
         )
         return RoundOutcome(global_state(model), local_state(model), result)

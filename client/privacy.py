@@ -149,7 +149,7 @@ def train_private(
     else:
         dataset = InteractionSamples(data, k=s.num_negatives, rng=rng)
     loader = DataLoader(dataset, batch_size=plan.batch_size, collate_fn=identity_collate, generator=generator)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], s)
+    optimizer = make_optimizer(model, s)
     parts = make_private(model, optimizer, loader, make_criterion(s), noise_multiplier=plan.noise_multiplier,
                          clip_norm=plan.clip_norm, noise_generator=generator)
     parts.module.train()

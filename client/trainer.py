@@ -35,6 +35,7 @@ class TrainSettings:
     lr: float = 1e-3
     weight_decay: float = 0.0
     value_range: tuple[float, float] = (1.0, 5.0)
+    item_lr: float | None = None  # None: lr; 0: item embeddings frozen
 
     @classmethod
     def from_config(cls, cfg: RunConfig, value_range: tuple[float, float] = (1.0, 5.0)) -> TrainSettings:
@@ -46,6 +47,7 @@ class TrainSettings:
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
             value_range=value_range,
+            item_lr=None if cfg.item_lr < 0 else cfg.item_lr,
         )
 
 
@@ -59,12 +61,23 @@ class TrainResult:
     seconds: float
 
 
-def make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
-    """Adam or SGD (momentum 0.9) with L2 weight decay."""
-    params = [p for p in params if p.requires_grad]
+def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
+    """Adam or SGD (momentum 0.9) with L2 weight decay over ``model``'s trainable parameters.
+
+    Item embedding tables get ``item_lr`` when it is set (a per-group learning rate);
+    with ``item_lr == 0`` they are frozen (``requires_grad`` off, so DP-SGD neither
+    clips nor noises them).
+    """
+    items, rest = [], []
+    for name, p in model.named_parameters():
+        if name.startswith("item_emb.") and s.item_lr == 0:
+            p.requires_grad_(False)
+        if p.requires_grad:
+            (items if name.startswith("item_emb.") else rest).append(p)
+    groups = [g for g in ({"params": rest}, {"params": items, "lr": s.item_lr or s.lr}) if g["params"]]
     if s.optimizer == "adam":
-        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
-    return torch.optim.SGD(params, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
+        return torch.optim.Adam(groups, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.SGD(groups, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
 
 
 def make_criterion(s: TrainSettings, reduction: str = "mean") -> nn.Module:
@@ -156,7 +169,7 @@ def train_epochs(
     anchored (global) parameters.
     """
     start = time.perf_counter()
-    optimizer = optimizer or make_optimizer(model.parameters(), s)
+    optimizer = optimizer or make_optimizer(model, s)
     criterion = make_criterion(s)
     model.train()
     loss_sum, seen, steps = 0.0, 0, 0

@@ -12,7 +12,7 @@ import sys
 import typer
 from rich.console import Console
 
-from fedrec import cli_audit, cli_data, cli_recommend, cli_train
+from fedrec import cli_audit, cli_certs, cli_data, cli_deploy, cli_recommend, cli_train
 from shared.errors import FedrecError
 
 app = typer.Typer(
@@ -23,6 +23,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(cli_data.app, name="data", help="Data owner: keys, prepare raw logs, reveal results.")
+app.add_typer(cli_certs.app, name="certs", help="Deployment: TLS CA, SuperLink certificate, SuperNode auth keys.")
+app.add_typer(cli_deploy.app, name="deploy", help="Deployment: node_config files, demo data.")
 cli_train.register(app)
 cli_audit.register(app)
 cli_recommend.register(app)

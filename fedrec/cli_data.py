@@ -68,6 +68,10 @@ def prepare_cmd(
     item_metadata: Annotated[
         Path | None, typer.Option(help="Public item metadata with genres (u.item or movies.dat).")
     ] = None,
+    catalog_items: Annotated[
+        Path | None, typer.Option(help="The federation's item list (u.item, movies.dat or one id per line): "
+                                       "every data owner then builds the same catalog.")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and the sampled negatives.")] = 42,
     reid_map: Annotated[Path | None, typer.Option(help="Where to write the encrypted re-identification map.")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing output directory.")] = False,
@@ -78,13 +82,27 @@ def prepare_cmd(
             raw,
             PrepareOptions(keys=keys, out=out, fmt=fmt, columns=columns, duplicates=duplicates,
                            string_ids=string_ids, delimiter=delimiter, ncf_split=ncf_split,
-                           item_metadata=item_metadata, seed=seed, reid_map=reid_map, overwrite=force),
+                           item_metadata=item_metadata, catalog_items=catalog_items, seed=seed, reid_map=reid_map,
+                           overwrite=force),
         )
     console.print(
         f"{manifest['n_interactions']} interactions, {manifest['n_users']} users, {manifest['n_items']} items "
         f"-> {out}\ncatalog {manifest['catalog_hash'][:16]}…  split {manifest['split']['counts']}\n"
         f"re-identification map (owner key only): {manifest['reid_map']}"
     )
+
+
+@app.command()
+def catalog(
+    items: Annotated[Path, typer.Argument(help="The federation's item list (u.item, movies.dat or one id per line).")],
+    keys: Annotated[Path, typer.Option(help="Key directory holding the federation's shared item.key.")],
+    out: Annotated[Path, typer.Option(help="Catalog file to write (.parquet), for the coordinator's catalog-path.")],
+) -> None:
+    """Build the federation's item catalog (pseudonymized item list) for the coordinator."""
+    from client.data_owner import write_catalog
+
+    digest = write_catalog(items, keys, out)
+    console.print(f"catalog -> {out} (hash {digest[:16]}…); give it to the coordinator as catalog-path")
 
 
 @app.command()

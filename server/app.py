@@ -14,4 +14,9 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_mapping(context.run_config)
+    if cfg.secure_aggregation:  # SecAgg+ lives in Flower's legacy stack: isolated in server.secagg
+        from server.secagg import SecAggRun
+
+        SecAggRun(cfg, grid, context.run_id).execute()
+        return
     FederatedRun(cfg, grid, context.run_id).execute()

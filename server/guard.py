@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -77,6 +77,8 @@ def reply_problem(msg: Message, reference: dict[str, np.ndarray], max_norm: floa
 class ReplyGuard(Strategy):
     """Delegate to ``inner``; filter training replies; seed node sampling."""
 
+    compression = "none"  # update-compression: "fp16" replies are upcast to the model's dtypes before validation
+
     def __init__(self, inner: Strategy, *, max_update_norm: float, seed: int) -> None:
         self.inner = inner
         self.max_update_norm = max_update_norm
@@ -98,6 +100,7 @@ class ReplyGuard(Strategy):
         replies = list(replies)
         report = self.report
         fine: list[Message] = []
+        wire: dict[int, int] = {}  # bytes of arrays as received (before any upcast)
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -105,6 +108,9 @@ class ReplyGuard(Strategy):
                 log.warning("round %d: node %d did not train: %s", server_round, node, msg.error.reason)
                 continue
             _collect_privacy(msg, node, report)  # a spend is real even if the update is then rejected
+            wire[node] = sum(r.count_bytes() for r in msg.content.array_records.values())
+            if self.compression == "fp16":
+                upcast_fp16(msg, self._reference)
             problem = reply_problem(msg, self._reference, self.max_update_norm)
             if problem is None:
                 fine.append(msg)
@@ -118,7 +124,7 @@ class ReplyGuard(Strategy):
                 fine.remove(msg)
                 report.rejected.append((msg.metadata.src_node_id, "metric keys differ from the other nodes"))
         report.accepted = [m.metadata.src_node_id for m in fine]
-        report.bytes_up = [next(iter(m.content.array_records.values())).count_bytes() for m in fine]
+        report.bytes_up = [wire[m.metadata.src_node_id] for m in fine]
         if not fine:
             return None, None
         return self.inner.aggregate_train(server_round, fine)
@@ -129,6 +135,15 @@ class ReplyGuard(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(server_round, replies)
+
+
+def upcast_fp16(msg: Message, reference: dict[str, np.ndarray]) -> None:
+    """Upcast float16 arrays of a reply to the global model's float dtype, in place (lossless)."""
+    for record in msg.content.array_records.values():
+        for key in list(record.keys()):
+            ref = reference.get(key)
+            if ref is not None and np.dtype(record[key].dtype) == np.float16 and np.issubdtype(ref.dtype, np.floating):
+                record[key] = Array(record[key].numpy().astype(ref.dtype))
 
 
 def _collect_privacy(msg: Message, node: int, report: RoundReport) -> None:

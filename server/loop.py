@@ -26,6 +26,7 @@ from server.ledger import FederationLedger
 from server.metrics import ROLES, role_means, selection_score
 from server.report import write_plots
 from server.strategies import build_strategy, restore_strategy_state, strategy_state
+from shared.catalog import ItemCatalog
 from shared.config import RunConfig
 from shared.datasets import load_tables
 from shared.errors import ConfigError
@@ -54,17 +55,26 @@ class FederatedSummary:
 
 
 def initial_model(cfg: RunConfig) -> tuple[OrderedDict[str, torch.Tensor], str]:
-    """Global part of a fresh model (seeded) and the catalog hash nodes must match."""
-    tables = load_tables(cfg.data_path, seed=cfg.seed, synthetic_users=cfg.synthetic_users,
-                         synthetic_items=cfg.synthetic_items)
+    """Global part of a fresh model (seeded) and the catalog hash nodes must match.
+
+    The coordinator needs only the item catalog (public pseudonyms): ``catalog-path`` in a
+    deployment, else the catalog of ``data-path`` (simulation).
+    """
+    features = None
+    if cfg.catalog_path:
+        catalog = ItemCatalog.load(cfg.catalog_path)
+    else:
+        tables = load_tables(cfg.data_path, seed=cfg.seed, synthetic_users=cfg.synthetic_users,
+                             synthetic_items=cfg.synthetic_items)
+        catalog, features = tables.catalog, genre_matrix(tables)
     with torch_seed(cfg.seed, "global-init"):
-        model = build_model(cfg, 1, len(tables.catalog))
+        model = build_model(cfg, 1, len(catalog))
     if cfg.item_init == "genres":
-        features = genre_matrix(tables)
         if features is None:
-            raise ConfigError("item-init", "the dataset has no public item genres (prepare it with --item-metadata)")
+            raise ConfigError("item-init", "no public item genres available (prepare with --item-metadata and "
+                                           "give data-path)")
         init_items_from_metadata(model, features, seed=cfg.seed)
-    return global_state(model), tables.catalog.content_hash
+    return global_state(model), catalog.content_hash
 
 
 class FederatedRun:
@@ -76,6 +86,7 @@ class FederatedRun:
         self.run_dir = Path(cfg.resume_from or cfg.run_dir or f"runs/run-{flower_run_id}").resolve()
         self.flower_run_id = flower_run_id
         self.strategy = build_strategy(cfg)
+        self.strategy.compression = cfg.update_compression  # fp16 replies are upcast before validation
         self.ledger = FederationLedger(self.run_dir)
 
     # -------------------------------------------------------------------------

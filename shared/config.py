@@ -58,6 +58,7 @@ class RunConfig:
     # --- local training ----------------------------------------------------
     optimizer: str = field(default="adam", metadata=_choice("adam", "sgd"))
     lr: float = field(default=0.001, metadata=_range(0, lo_open=True))
+    item_lr: float = -1.0  # learning rate of item embedding tables: -1 = lr, 0 = frozen
     weight_decay: float = field(default=0.0, metadata=_range(0))
     batch_size: int = field(default=256, metadata=_range(1))
     local_epochs: int = field(default=1, metadata=_range(1))
@@ -74,9 +75,14 @@ class RunConfig:
     server_lr: float = field(default=0.01, metadata=_range(0, lo_open=True))
     max_update_norm: float = field(default=100.0, metadata=_range(0, lo_open=True))
     round_timeout: float = field(default=3600.0, metadata=_range(0, lo_open=True))
+    catalog_path: str = ""  # coordinator in deployment: the federation's catalog.parquet ("" -> data-path's)
     run_dir: str = ""  # "" -> ./runs/<run id> of the ServerApp process
     resume_from: str = ""  # a run directory holding checkpoint.pt
     fail_after_round: int = field(default=0, metadata=_range(0))  # fault injection: crash after this round
+    update_compression: str = field(default="none", metadata=_choice("none", "fp16"))  # node -> coordinator arrays
+    secure_aggregation: bool = False  # SecAgg+ (legacy Flower workflow): the coordinator sees only the sum
+    secagg_threshold: float = field(default=0.6, metadata=_range(0, 1, lo_open=True))  # share fraction to unmask
+    secagg_max_weight: float = field(default=1e6, metadata=_range(1))  # >= any node's num-examples (quantization)
     # --- differential privacy (per node, whole run) ----------------------------
     dp: bool = False
     privacy_unit: str = field(default="user", metadata=_choice("user", "interaction", "node"))

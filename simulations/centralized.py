@@ -119,7 +119,7 @@ class _Fitter:
         if start is not None:
             neumf_from_pretrained(model, *start)
         settings = TrainSettings.from_config(cfg, self.value_range)
-        optimizer = make_optimizer(model.parameters(), settings)
+        optimizer = make_optimizer(model, settings)
         best: tuple[float, int, dict[str, Any], dict[str, float]] | None = None
         stale, train_seconds, epoch = 0, 0.0, 0
         with progress_bar(self.show_progress) as bar:

@@ -2,7 +2,9 @@
 
 Each simulated node has its own ``Context`` (state persists across rounds, as in
 Flower). Messages go through ``ClientApp.__call__`` exactly as the SuperNode runs
-them; a ClientApp exception becomes an ``Error`` reply, as in the runtime. Used
+them, after a protobuf round trip each way (as through a SuperLink: no node shares
+an object with the coordinator or another node); a ClientApp exception becomes an
+``Error`` reply, as in the runtime. Used
 by fast tests and by benchmarks with thousands of nodes, where a Ray actor pool
 on two cores costs more than the training itself. It relies on two internals
 (``TaskIdentity`` and ``Metadata.__dict__``), so it is pinned to flwr 1.42.
@@ -16,6 +18,7 @@ from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -58,9 +61,10 @@ class InProcessGrid(Grid):
                 continue
             context = self.contexts[msg.metadata.dst_node_id]
             try:
-                reply = self.client_app(msg, context)
+                reply = self.client_app(_wire(msg), context)
             except Exception as exc:  # the runtime turns ClientApp exceptions into Error replies
                 reply = Message(Error(code=CLIENT_EXCEPTION, reason=f"{exc.__class__.__name__}: {exc}"), reply_to=msg)
+            reply = _wire(reply)
             if self.tap is not None:
                 self.tap(reply)
             replies.append(reply)
@@ -82,6 +86,11 @@ class InProcessGrid(Grid):
 
     def pull_messages(self, message_ids):  # pragma: no cover
         raise NotImplementedError
+
+
+def _wire(msg: Message) -> Message:
+    """The message as the other side decodes it from the SuperLink's protobuf."""
+    return message_from_proto(message_to_proto(msg))
 
 
 def simulation_node_configs(n: int) -> list[dict[str, Any]]:

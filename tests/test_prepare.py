@@ -174,3 +174,31 @@ def test_ml1m_uses_the_exact_ncf_test_split(tmp_path, ml1m):
     # 156 users have their own test item among NCF's negatives: it is dropped, leaving 98
     per_user = (negs >= 0).sum(axis=1)
     assert set(per_user) == {98, 99} and (per_user == 98).sum() == 156
+
+
+def test_shared_catalog_makes_owners_agree(tmp_path, raw_csv):
+    """Two owners with different items but the federation's item list and item key build one catalog."""
+    items = tmp_path / "items.txt"
+    items.write_text("\n".join(f"film-{i:03d}" for i in range(80)) + "\n")
+    assert run("data", "keygen", "--out", str(tmp_path / "a"))[0] == 0
+    assert run("data", "keygen", "--out", str(tmp_path / "b"), "--item-key-from", str(tmp_path / "a" / "item.key"))[0] == 0
+    raw = pd.read_csv(raw_csv, dtype=str)
+    hashes = []
+    for owner, part in (("a", raw[raw.uid < "alice-015"]), ("b", raw[raw.uid >= "alice-015"])):
+        part.to_csv(tmp_path / f"{owner}.csv", index=False)
+        code, out = run("data", "prepare", str(tmp_path / f"{owner}.csv"), "--keys", str(tmp_path / owner), "--out",
+                        str(tmp_path / f"ds-{owner}"), "--columns", "user=uid,item=iid,value=stars,timestamp=ts",
+                        "--string-ids", "--catalog-items", str(items))
+        assert code == 0, out
+        hashes.append(prepared.read(tmp_path / f"ds-{owner}").manifest["catalog_hash"])
+    code, out = run("data", "catalog", str(items), "--keys", str(tmp_path / "a"), "--out", str(tmp_path / "cat.parquet"))
+    assert code == 0, out
+    from shared.catalog import ItemCatalog
+
+    assert hashes[0] == hashes[1] == ItemCatalog.load(tmp_path / "cat.parquet").content_hash
+    # an item outside the federation's list is refused, naming the line
+    items.write_text("film-000\n")
+    code, out = run("data", "prepare", str(tmp_path / "a.csv"), "--keys", str(tmp_path / "a"), "--out",
+                    str(tmp_path / "ds-x"), "--columns", "user=uid,item=iid,value=stars,timestamp=ts",
+                    "--string-ids", "--catalog-items", str(items))
+    assert code == 2 and "not in the catalog" in out and not (tmp_path / "ds-x").exists()

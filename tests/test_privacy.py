@@ -155,3 +155,23 @@ def test_a_restarted_node_does_not_forget_spent_budget(tmp_path, data):
     # a new run on the same node starts its own account
     other = PrivacyAccount(NodeStateStore(RecordDict(), tmp_path, "run2"), cfg, data)
     assert other.spent() == 0.0 and other.refusal() is None
+
+
+def test_empty_poisson_batches_still_take_a_noisy_step(data):
+    """A node with few users often samples nobody; the step must still release noise, not crash."""
+    from client.privacy import train_private
+
+    tiny = data.subset(np.arange(3))
+    empty = UserSamples(tiny, max_interactions=8, k=2, rng=numpy_rng(0)).__getitems__([])
+    assert [tuple(t.shape) for t in empty] == [(0,), (0, 24), (0, 24), (0, 24)]
+    cfg = RunConfig(dp=True, model="gmf", dp_sample_rate=0.2, local_epochs=10, num_server_rounds=1, user_epochs=0)
+    plan = plan_for(cfg, tiny)
+    with torch_seed(0, "m"):
+        model = build_model(cfg, tiny.n_users, tiny.n_items)
+    before = model.item_emb["gmf"].weight.clone()
+    _, steps = train_private(model, tiny, TrainSettings.from_config(cfg), plan, cfg, rng=numpy_rng(0, "t"),
+                             generator=torch_generator(0, "n"))
+    assert steps == plan.steps_per_round == 30
+    # every item row moved (noise reaches all of them), including items no user has
+    moved = (model.item_emb["gmf"].weight != before).all(dim=1)
+    assert bool(moved.all())

@@ -1,0 +1,88 @@
+"""Secure aggregation (SecAgg+, Flower's legacy workflow) against plain FedAvg, with a node dropping out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
+
+import client.secagg as client_secagg
+from client.app import SECAGG_RECORD
+from client.app import app as client_app
+from server import checkpoint
+from server.ledger import NAME
+from server.loop import initial_model
+from server.secagg import SecAggRun, check_config
+from shared.config import RunConfig
+from shared.errors import ConfigError
+from shared.ledger import read_jsonl, verify_chain
+from simulations.inprocess import InProcessGrid, simulation_node_configs
+from tests.test_wire_privacy import WireRecorder
+
+CLIP, TARGET = 8.0, 2**22  # SecAggPlusWorkflow's clipping and quantization ranges (the defaults fedrec uses)
+BASE = {"synthetic-users": 240, "synthetic-items": 300, "model": "gmf", "lr": 0.01, "num-partitions": 3,
+        "min-nodes": 3, "full-rank": False, "secure-aggregation": True, "secagg-max-weight": 10000.0}
+
+
+def test_secagg_round_equals_fedavg_up_to_quantization_and_tolerates_a_dropout(tmp_path, monkeypatch):
+    fits: dict[int, tuple[list[np.ndarray], int]] = {}
+    plain_fit = client_secagg.FedrecNumPyClient.fit
+
+    def recording_fit(self, parameters, config):
+        arrays, n, metrics = plain_fit(self, parameters, config)
+        fits[self.context.node_id] = ([a.copy() for a in arrays], n)
+        return arrays, n, metrics
+
+    monkeypatch.setattr(client_secagg.FedrecNumPyClient, "fit", recording_fit)
+
+    def drop(msg) -> bool:  # node 1001 takes part in key sharing, then never answers again
+        stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get("stage")
+        return msg.metadata.dst_node_id == 1001 and stage in (Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
+
+    cfg = RunConfig.from_mapping({**BASE, "num-server-rounds": 1, "dp": True, "run-dir": str(tmp_path / "run"),
+                                  "node-state-dir": str(tmp_path / "nodes")})
+    grid = InProcessGrid(WireRecorder(client_app), simulation_node_configs(3), cfg.to_flower_config(), drop=drop)
+    summary = SecAggRun(cfg, grid, 1).execute()
+    assert summary.rounds_run == 1
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["nodes"] == [1000, 1002] and record["failed"] == [[1001, "no reply (dropped out)"]]
+    assert sorted(fits) == [1000, 1002]  # the dropped node never trained in the masked stage
+
+    # plain FedAvg of the same two updates, weighted by num-examples
+    weights = np.array([fits[n][1] for n in (1000, 1002)], dtype=np.float64)
+    expected = [sum(w * fits[n][0][i].astype(np.float64) for w, n in zip(weights, (1000, 1002), strict=True))
+                / weights.sum() for i in range(len(fits[1000][0]))]
+    got = list(checkpoint.load(tmp_path / "run").arrays.values())
+    ratios = weights / cfg.secagg_max_weight
+    bound = len(weights) * (2 * CLIP / TARGET) / ratios.sum() + 1e-7  # stochastic rounding: < 1 step per node
+    errors = [float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True)]
+    assert max(errors) <= bound, (errors, bound)
+    # ... and that is a real average: far from either node's own update
+    for node in (1000, 1002):
+        assert max(float(np.abs(g - a).max()) for g, a in zip(got, fits[node][0], strict=True)) > 100 * bound
+    # the DP path was the normal one: each surviving node's signed spend reached the federation ledger
+    entries = read_jsonl(tmp_path / "run" / NAME)
+    assert len(entries) == 2 and all(not verify_chain([e]) for e in entries)
+    assert record["epsilon_max"] == max(e["epsilon"] for e in entries)
+
+
+def test_too_few_nodes_after_dropouts_leaves_the_model_unchanged(tmp_path):
+    cfg = RunConfig.from_mapping({**BASE, "num-server-rounds": 1, "run-dir": str(tmp_path / "run")})
+    grid = InProcessGrid(WireRecorder(client_app), simulation_node_configs(3), cfg.to_flower_config(),
+                         drop=lambda m: m.metadata.dst_node_id != 1000 and RECORD_KEY_CONFIGS in m.content)
+    SecAggRun(cfg, grid, 1).execute()
+    ck = checkpoint.load(tmp_path / "run")
+    record = ck.history[0]
+    assert record["nodes"] == [] and record["train_loss"] is None and len(record["failed"]) == 3
+    init, _ = initial_model(cfg)
+    assert all(np.array_equal(ck.arrays[k], v.numpy()) for k, v in init.items())
+    assert record["val"]["count"] > 0  # the run still evaluated and kept its books
+
+
+def test_protocol_constants_and_incompatible_options():
+    assert SECAGG_RECORD == RECORD_KEY_CONFIGS
+    for bad in ({"strategy": "fedadam"}, {"update-compression": "fp16"}, {"min-nodes": 1}):
+        with pytest.raises(ConfigError):
+            check_config(RunConfig.from_mapping({"secure-aggregation": True, **bad}))
