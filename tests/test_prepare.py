@@ -181,7 +181,8 @@ def test_shared_catalog_makes_owners_agree(tmp_path, raw_csv):
     items = tmp_path / "items.txt"
     items.write_text("\n".join(f"film-{i:03d}" for i in range(80)) + "\n")
     assert run("data", "keygen", "--out", str(tmp_path / "a"))[0] == 0
-    assert run("data", "keygen", "--out", str(tmp_path / "b"), "--item-key-from", str(tmp_path / "a" / "item.key"))[0] == 0
+    shared_key = str(tmp_path / "a" / "item.key")
+    assert run("data", "keygen", "--out", str(tmp_path / "b"), "--item-key-from", shared_key)[0] == 0
     raw = pd.read_csv(raw_csv, dtype=str)
     hashes = []
     for owner, part in (("a", raw[raw.uid < "alice-015"]), ("b", raw[raw.uid >= "alice-015"])):
@@ -191,7 +192,8 @@ def test_shared_catalog_makes_owners_agree(tmp_path, raw_csv):
                         "--string-ids", "--catalog-items", str(items))
         assert code == 0, out
         hashes.append(prepared.read(tmp_path / f"ds-{owner}").manifest["catalog_hash"])
-    code, out = run("data", "catalog", str(items), "--keys", str(tmp_path / "a"), "--out", str(tmp_path / "cat.parquet"))
+    code, out = run("data", "catalog", str(items), "--keys", str(tmp_path / "a"), "--out",
+                    str(tmp_path / "cat.parquet"))
     assert code == 0, out
     from shared.catalog import ItemCatalog
 
