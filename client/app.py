@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
 
 from client.node import LocalNode
 from client.node_data import resolve_node_data
@@ -24,8 +25,18 @@ from client.privacy_account import PrivacyAccount
 from client.state import NodeStateStore, default_state_dir, users_fingerprint
 from shared.config import RunConfig
 
-app = ClientApp()
 log = logging.getLogger("flwr")
+
+
+def node_level_clipping(msg: Message, context: Context, call_next) -> Message:
+    """Node-level DP: clip this node's update to the coordinator's ``clipping_norm`` (Flower's mod)."""
+    config = msg.content.config_records.get("config")
+    if msg.metadata.message_type == "train" and config is not None and "clipping_norm" in config:
+        return fixedclipping_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[node_level_clipping])
 
 REFUSED = 4001  # error code of a deliberate refusal (budget exhausted, wrong catalog, ...)
 SECAGG_RECORD = "secaggplus_configs"  # flwr's SecAgg+ stage record (secure-aggregation = true)
@@ -86,6 +97,7 @@ def train_locally(config: dict, global_part: dict[str, torch.Tensor], context: C
         "train-loss": outcome.result.loss,
         "train-seconds": outcome.result.seconds,
         "steps": outcome.result.steps,
+        "node-weight": 1,  # equal weights for node-level DP's average
     }
     chain = None
     if account is not None:  # record the spend before the update leaves the node
@@ -133,4 +145,5 @@ def evaluate(msg: Message, context: Context) -> Message:
         full_rank=bool(config.get("full-rank", True)),
     )
     sums["num-examples"] = int(sums.get(f"{roles[0]}-count", 0))
+    sums["node-weight"] = 1
     return Message(RecordDict({"metrics": MetricRecord(sums)}), reply_to=msg)

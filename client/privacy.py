@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from opacus import PrivacyEngine
 from torch.utils.data import DataLoader
 
 from client.dp_data import InteractionSamples, UserSamples, identity_collate
@@ -104,6 +103,8 @@ def make_private(
     noise_multiplier: float, clip_norm: float, noise_generator: torch.Generator,
 ) -> PrivateParts:
     """The one call into Opacus: Poisson sampling, ghost clipping, flat per-sample clipping."""
+    from opacus import PrivacyEngine  # imported on first DP use: keeps evaluation-only processes small
+
     engine = PrivacyEngine(accountant="rdp")
     module, optimizer, criterion, loader = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
@@ -159,10 +160,8 @@ def train_private(
             if len(users) == 0:
                 _noise_only_step(parts.optimizer, plan, generator)
             else:
-                loss = parts.criterion(parts.module(users, items), targets, mask)
-                loss.backward()
-                parts.optimizer.step()
-                loss_sum += loss.item() * len(users)
+                loss_sum += _clipped_sum_in_chunks(parts, (users, items, targets, mask), cfg.dp_chunk_pairs)
+                parts.optimizer.step()  # adds the noise once, to the sum over the whole Poisson batch
                 seen += len(users)
             parts.optimizer.zero_grad(set_to_none=True)
             steps += 1
@@ -171,6 +170,30 @@ def train_private(
         p.requires_grad_(True)
     result = TrainResult(loss_sum / max(seen, 1), data.n_train, steps, time.perf_counter() - start)
     return result, steps
+
+
+def _clipped_sum_in_chunks(parts: PrivateParts, batch: tuple[torch.Tensor, ...], chunk_pairs: int) -> float:
+    """Leave the sum of per-sample clipped gradients of ``batch`` in ``p.grad``; return the summed loss.
+
+    The logical (Poisson) batch is processed in physical chunks of about ``chunk_pairs`` scored pairs,
+    so memory is bounded whatever the sampling rate. Opacus's ghost clipping resets ``p.grad`` inside each
+    backward, so the chunks' clipped sums are accumulated here; the result is exactly the one-pass sum.
+    """
+    users = batch[0]
+    size = max(1, chunk_pairs // max(batch[1].shape[1], 1))
+    params = [p for p in parts.module.parameters() if p.requires_grad]
+    total: list[torch.Tensor] | None = None
+    loss_sum = 0.0
+    for start in range(0, len(users), size):
+        chunk = [t[start : start + size] for t in batch]
+        loss = parts.criterion(parts.module(chunk[0], chunk[1]), chunk[2], chunk[3])
+        loss.backward()
+        loss_sum += loss.item() * len(chunk[0])
+        grads = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        total = grads if total is None else [a + g for a, g in zip(total, grads, strict=True)]
+    for p, g in zip(params, total or [], strict=True):
+        p.grad = g
+    return loss_sum
 
 
 def _noise_only_step(optimizer, plan: DPPlan, generator: torch.Generator) -> None:

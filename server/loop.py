@@ -8,6 +8,7 @@ evaluating every N rounds, early stopping or per-round checkpoints.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -22,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from server import checkpoint
+from server.central_dp import CentralDP
 from server.ledger import FederationLedger
 from server.metrics import ROLES, role_means, selection_score
 from server.report import write_plots
@@ -85,15 +87,21 @@ class FederatedRun:
         self.grid = grid
         self.run_dir = Path(cfg.resume_from or cfg.run_dir or f"runs/run-{flower_run_id}").resolve()
         self.flower_run_id = flower_run_id
-        self.strategy = build_strategy(cfg)
-        self.strategy.compression = cfg.update_compression  # fp16 replies are upcast before validation
         self.ledger = FederationLedger(self.run_dir)
+        self.central_dp: CentralDP | None = None
+
+    def _build_strategy(self, run_key: str) -> None:
+        if self.cfg.dp and self.cfg.privacy_unit == "node":
+            self.central_dp = CentralDP(self.cfg, self.run_dir, run_key)
+        self.strategy = build_strategy(self.cfg, self.central_dp)
+        self.strategy.compression = self.cfg.update_compression  # fp16 replies are upcast before validation
 
     # -------------------------------------------------------------------------
     def _start(self) -> tuple[checkpoint.Checkpoint, str]:
         init, catalog_hash = initial_model(self.cfg)
         if self.cfg.resume_from:
             ck = checkpoint.load(self.run_dir)
+            self._build_strategy(ck.run_key)
             restore_strategy_state(self.strategy, ck.strategy_state)
             run = RunDirectory(self.run_dir)
             # metrics.jsonl is rewritten from the checkpoint: rounds logged after it are redone, not duplicated
@@ -105,7 +113,9 @@ class FederatedRun:
         RunDirectory.create(self.run_dir, self.cfg, kind="federated",
                             extra={"flower_run_id": self.flower_run_id, "catalog_hash": catalog_hash})
         arrays = {k: v.numpy() for k, v in init.items()}
-        return checkpoint.Checkpoint(round=0, arrays=arrays, run_key=uuid.uuid4().hex), catalog_hash
+        ck = checkpoint.Checkpoint(round=0, arrays=arrays, run_key=uuid.uuid4().hex)
+        self._build_strategy(ck.run_key)
+        return ck, catalog_hash
 
     def execute(self) -> FederatedSummary:
         cfg = self.cfg
@@ -115,6 +125,9 @@ class FederatedRun:
         arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in ck.arrays.items()})
         for rnd in range(ck.round + 1, cfg.num_server_rounds + 1):
             if ck.stopped_early:
+                break
+            if self.central_dp is not None and (reason := self.central_dp.refusal()):
+                log.warning("[fedrec] stopping before round %d: %s", rnd, reason)
                 break
             t0 = time.perf_counter()
             log.info("[fedrec] round %d/%d", rnd, cfg.num_server_rounds)
@@ -144,6 +157,10 @@ class FederatedRun:
         report = self.strategy.report
         for node, lines in report.ledgers.items():
             self.ledger.update(node, lines)
+        central_entry = None
+        if self.central_dp is not None and new_arrays is not None:  # the noisy average is released
+            central_entry = self.central_dp.record(rnd, len(report.accepted))
+            self.ledger.update(0, [json.dumps(e, sort_keys=True) for e in self.central_dp.chain()])
         self.ledger.save()
         record: dict[str, Any] = {
             "round": rnd,
@@ -160,6 +177,8 @@ class FederatedRun:
         }
         if report.epsilons:
             record["epsilon_max"] = max(report.epsilons.values())
+        if central_entry is not None:
+            record["epsilon_node_level"] = central_entry["epsilon"]
         if new_arrays is None:
             log.warning("[fedrec] round %d: no acceptable update; the global model is unchanged", rnd)
             return record, arrays

@@ -11,8 +11,10 @@ from __future__ import annotations
 from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
+from server.central_dp import CentralDP
 from server.guard import ReplyGuard
 from shared.config import RunConfig
+from shared.errors import ConfigError
 
 
 def sum_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -28,17 +30,17 @@ def sum_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
 def train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
     """Example-weighted mean loss, total examples and steps, slowest node's seconds."""
     rows = [next(iter(r.metric_records.values())) for r in records]
-    n = sum(float(m[weight_key]) for m in rows)
+    n = sum(float(m["num-examples"]) for m in rows)
     return MetricRecord({
-        "train-loss": sum(float(m["train-loss"]) * float(m[weight_key]) for m in rows) / n,
+        "train-loss": sum(float(m["train-loss"]) * float(m["num-examples"]) for m in rows) / n,
         "num-examples": int(n),
         "steps": int(sum(int(m["steps"]) for m in rows)),
         "train-seconds-max": max(float(m["train-seconds"]) for m in rows),
     })
 
 
-def build_strategy(cfg: RunConfig) -> ReplyGuard:
-    """The inner strategy of ``cfg.strategy``, wrapped in the reply guard."""
+def build_strategy(cfg: RunConfig, central_dp: CentralDP | None = None) -> ReplyGuard:
+    """The inner strategy of ``cfg.strategy`` (inside node-level DP when given), wrapped in the reply guard."""
     common = dict(
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
@@ -55,6 +57,10 @@ def build_strategy(cfg: RunConfig) -> ReplyGuard:
         inner = FedAdam(eta=cfg.server_lr, eta_l=cfg.lr, **common)
     else:
         inner = FedAvg(**common)
+    if central_dp is not None:
+        if cfg.strategy != "fedavg":
+            raise ConfigError("strategy", "node-level DP runs with fedavg (equal-weight average + noise)")
+        inner = central_dp.wrap(FedAvg(**common, weighted_by_key="node-weight"))
     return ReplyGuard(inner, max_update_norm=cfg.max_update_norm, seed=cfg.seed)
 
 

@@ -92,6 +92,7 @@ class RunConfig:
     clip_norm: float = field(default=1.0, metadata=_range(0, lo_open=True))
     dp_sample_rate: float = field(default=0.1, metadata=_range(0, 1, lo_open=True))
     dp_max_interactions: int = field(default=64, metadata=_range(1))
+    dp_chunk_pairs: int = field(default=8192, metadata=_range(1))  # memory bound: scored pairs per physical chunk
     user_epochs: int = field(default=1, metadata=_range(0))  # local user-embedding-only passes before each round
     user_lr: float = field(default=0.01, metadata=_range(0, lo_open=True))
     # --- node ----------------------------------------------------------------

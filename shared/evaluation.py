@@ -102,9 +102,15 @@ def score_pairs(model: torch.nn.Module, users: np.ndarray, items: np.ndarray, ch
 
 
 @torch.no_grad()
-def score_all_items(model: torch.nn.Module, users: np.ndarray, chunk: int = 64) -> Iterator[tuple[slice, np.ndarray]]:
-    """Yield (slice into ``users``, logits (c, n_items)) over the whole catalog."""
+def score_all_items(model: torch.nn.Module, users: np.ndarray, chunk: int | None = None
+                    ) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield (slice into ``users``, logits (c, n_items)) over the whole catalog.
+
+    By default a chunk holds about 65k (user, item) pairs, which bounds the memory of
+    the model's intermediate activations on edge devices.
+    """
     model.eval()
+    chunk = chunk or max(1, 65536 // max(model.n_items, 1))
     all_items = torch.arange(model.n_items).unsqueeze(0)
     for s in range(0, len(users), chunk):
         u = torch.from_numpy(users[s : s + chunk])

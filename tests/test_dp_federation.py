@@ -43,3 +43,39 @@ def test_interaction_unit_trains_the_whole_model_privately(tmp_path):
     # one epoch is 1/q Poisson steps (q = 1/ceil(n / round(0.05 n)), so 20 or 21 steps)
     assert {e["steps"] for e in entries} <= {20, 21}
     assert all(abs(e["sample_rate"] - 1 / e["steps"]) < 1e-12 for e in entries)
+
+
+def test_node_level_dp_clips_every_update_and_the_coordinator_signs_its_spend(tmp_path):
+    import numpy as np
+    from flwr.app import MessageType
+
+    sent: dict[int, dict] = {}
+    norms = []
+
+    def wrap(app):
+        def call(msg, ctx):
+            if msg.metadata.message_type == MessageType.TRAIN:
+                sent[ctx.node_id] = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+            reply = app(msg, ctx)
+            if msg.metadata.message_type == MessageType.TRAIN and not reply.has_error():
+                new = {k: a.numpy() for k, a in reply.content["arrays"].items()}
+                norms.append(float(np.sqrt(sum(((new[k] - sent[ctx.node_id][k]) ** 2).sum() for k in new))))
+            return reply
+        return call
+
+    base = {"dp": True, "privacy-unit": "node", "target-epsilon": 6.0, "clip-norm": 0.5, "num-server-rounds": 3,
+            "node-state-dir": str(tmp_path / "nodes")}
+    run_federation(cfg_for(tmp_path, **base), wrap=wrap)
+    assert norms and max(norms) <= 0.5 + 1e-4  # every node's update was clipped to the coordinator's norm
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2, 3]
+    eps = [r["epsilon_node_level"] for r in records]
+    assert eps == sorted(eps) and 0 < eps[-1] <= 6.0
+    entries = read_jsonl(tmp_path / "run" / NAME)
+    assert {e["unit"] for e in entries} == {"node"} and len(entries) == 3  # one signed entry per released round
+    result = CliRunner().invoke(app, ["audit", str(tmp_path / "run" / NAME), "--budget", "6.0"])
+    assert result.exit_code == 0, result.output
+    # the plan covered 3 rounds: continuing the run stops before spending past the budget
+    summary = run_federation(cfg_for(tmp_path, **{**base, "num-server-rounds": 5,
+                                                  "resume-from": str(tmp_path / "run")}))[0]
+    assert summary.rounds_run == 3 and len(read_jsonl(tmp_path / "run" / NAME)) == 3

@@ -175,3 +175,21 @@ def test_empty_poisson_batches_still_take_a_noisy_step(data):
     # every item row moved (noise reaches all of them), including items no user has
     moved = (model.item_emb["gmf"].weight != before).all(dim=1)
     assert bool(moved.all())
+
+
+def test_physical_chunks_give_exactly_the_one_pass_clipped_sum(data):
+    """Memory-bounded DP steps: chunking a Poisson batch changes nothing but peak memory."""
+    from client.privacy import _clipped_sum_in_chunks
+
+    grads = []
+    for chunk_pairs in (10**9, 3 * 48):  # one pass; 3 users (48 pairs each) per chunk
+        with torch_seed(0, "m"):
+            model = build_model(RunConfig(model="gmf"), data.n_users, data.n_items)
+        dataset = UserSamples(data, max_interactions=16, k=2, rng=numpy_rng(0, "d"))
+        parts, _ = private_step(model, dataset, z=0.0, clip=0.01, batch=40, n=data.n_users)
+        batch = dataset.__getitems__(list(range(40)))
+        loss = _clipped_sum_in_chunks(parts, batch, chunk_pairs)
+        grads.append((loss, [p.grad.clone() for p in model.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-5)
+    for a, b in zip(grads[0][1], grads[1][1], strict=True):
+        assert torch.allclose(a, b, atol=1e-7)
