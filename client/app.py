@@ -24,6 +24,7 @@ from client.node_data import resolve_node_data
 from client.privacy_account import PrivacyAccount
 from client.state import NodeStateStore, default_state_dir, users_fingerprint
 from shared.config import RunConfig
+from simulations.faults import fault_mod  # fault-dropout / fault-mode (off by default)
 
 log = logging.getLogger("flwr")
 
@@ -36,7 +37,7 @@ def node_level_clipping(msg: Message, context: Context, call_next) -> Message:
     return call_next(msg, context)
 
 
-app = ClientApp(mods=[node_level_clipping])
+app = ClientApp(mods=[fault_mod, node_level_clipping])
 
 REFUSED = 4001  # error code of a deliberate refusal (budget exhausted, wrong catalog, ...)
 SECAGG_RECORD = "secaggplus_configs"  # flwr's SecAgg+ stage record (secure-aggregation = true)

@@ -3,8 +3,11 @@
 A reply is aggregated only if it carries exactly the global arrays that were sent
 (same keys, shapes and dtypes), all finite, an update ``||new - old||_2`` within
 ``max_update_norm``, and the agreed metric keys with a positive finite
-``num-examples``. Anything else is dropped with a logged reason; the round goes
-on with the other nodes. Node sampling is made deterministic per (seed, round).
+``num-examples``, and that is no replay of an update accepted before (this run,
+any node; :mod:`server.robust`). Anything else is dropped with a logged reason;
+the round goes on with the other nodes. Accepted updates longer than
+``norm_bound`` (> 0) are scaled down to it. Node sampling is made deterministic
+per (seed, round).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from server.robust import ReplayRegistry, bound_update, update_digest
 from shared.seeding import derive
 
 log = logging.getLogger("flwr")  # streamed by `flwr run --stream`
@@ -39,6 +43,7 @@ class RoundReport:
     sampled: int = 0
     ledgers: dict[int, list[str]] = field(default_factory=dict)  # node -> its signed chain (JSON lines)
     epsilons: dict[int, float] = field(default_factory=dict)
+    bounded: list[tuple[int, float]] = field(default_factory=list)  # (node, norm before norm bounding)
 
 
 def reply_problem(msg: Message, reference: dict[str, np.ndarray], max_norm: float) -> str | None:
@@ -79,11 +84,14 @@ class ReplyGuard(Strategy):
 
     compression = "none"  # update-compression: "fp16" replies are upcast to the model's dtypes before validation
 
-    def __init__(self, inner: Strategy, *, max_update_norm: float, seed: int) -> None:
+    def __init__(self, inner: Strategy, *, max_update_norm: float, seed: int, norm_bound: float = 0.0) -> None:
         self.inner = inner
         self.max_update_norm = max_update_norm
+        self.norm_bound = norm_bound
         self.seed = seed
+        self.replays = ReplayRegistry()
         self._reference: dict[str, np.ndarray] = {}
+        self._reference_digest = b""
         self.report = RoundReport()
 
     def summary(self) -> None:
@@ -91,6 +99,7 @@ class ReplyGuard(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid):
         self._reference = {k: a.numpy() for k, a in arrays.items()}
+        self._reference_digest = update_digest(self._reference)
         random.seed(derive(self.seed, "sample-train", server_round))
         messages = list(self.inner.configure_train(server_round, arrays, config, _SortedGrid(grid)))
         self.report = RoundReport(sampled=len(messages), bytes_down=arrays.count_bytes())
@@ -101,6 +110,8 @@ class ReplyGuard(Strategy):
         report = self.report
         fine: list[Message] = []
         wire: dict[int, int] = {}  # bytes of arrays as received (before any upcast)
+        digests: dict[int, bytes] = {}
+        pending: dict[bytes, int] = {}  # digest -> node, this round
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -113,6 +124,11 @@ class ReplyGuard(Strategy):
                 upcast_fp16(msg, self._reference)
             problem = reply_problem(msg, self._reference, self.max_update_norm)
             if problem is None:
+                digests[node] = update_digest(next(iter(msg.content.array_records.values())))
+                if digests[node] != self._reference_digest:  # an unchanged model is no replay
+                    problem = self.replays.problem(digests[node], pending)
+            if problem is None:
+                pending.setdefault(digests[node], node)
                 fine.append(msg)
             else:
                 report.rejected.append((node, problem))
@@ -124,6 +140,15 @@ class ReplyGuard(Strategy):
                 fine.remove(msg)
                 report.rejected.append((msg.metadata.src_node_id, "metric keys differ from the other nodes"))
         report.accepted = [m.metadata.src_node_id for m in fine]
+        for msg in fine:
+            node = msg.metadata.src_node_id
+            if digests[node] != self._reference_digest:
+                self.replays.add(digests[node], server_round, node)
+            record = next(iter(msg.content.array_records.values()))
+            if self.norm_bound > 0 and (norm := bound_update(record, self._reference, self.norm_bound)):
+                report.bounded.append((node, norm))
+                log.info("round %d: update of node %d bounded from norm %.4g to %.4g", server_round, node, norm,
+                         self.norm_bound)
         report.bytes_up = [wire[m.metadata.src_node_id] for m in fine]
         if not fine:
             return None, None

@@ -166,6 +166,7 @@ class FederatedRun:
             "round": rnd,
             "sampled": report.sampled,
             "answered": len(replies),
+            "missing": max(report.sampled - len(replies), 0),  # no reply by the round deadline
             "nodes": sorted(report.accepted),
             "rejected": [[n, why] for n, why in report.rejected],
             "failed": [[n, why] for n, why in report.failed],
@@ -175,6 +176,8 @@ class FederatedRun:
             "train_examples": int(metrics["num-examples"]) if metrics else 0,
             "train_seconds_max": float(metrics["train-seconds-max"]) if metrics else None,
         }
+        if report.bounded:
+            record["norm_bounded"] = [[n, norm] for n, norm in report.bounded]
         if report.epsilons:
             record["epsilon_max"] = max(report.epsilons.values())
         if central_entry is not None:
@@ -225,6 +228,9 @@ class FederatedRun:
 def _brief(record: dict[str, Any]) -> str:
     parts = [f"loss {record['train_loss']:.4f}" if record.get("train_loss") is not None else "no update",
              f"nodes {len(record['nodes'])}/{record['sampled']}"]
+    if record.get("failed") or record.get("missing"):
+        parts.append(f"answered {record['answered']}/{record['sampled']} (failed {len(record['failed'])}, "
+                     f"no reply by the deadline {record['missing']})")
     if record.get("rejected"):
         parts.append(f"rejected {len(record['rejected'])}")
     val = record.get("val") or {}

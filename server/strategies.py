@@ -2,8 +2,9 @@
 
 FedAvg (default), FedProx (the proximal term is applied by the node's trainer;
 the strategy sends ``proximal-mu``) or FedAdam (server-side Adam on the averaged
-update). Evaluation metrics are *sums and counts*, so they are aggregated by
-summation, never by averaging averages.
+update). With FedAvg, ``aggregation`` may replace the mean by a coordinate-wise
+median or trimmed mean (:mod:`server.robust`). Evaluation metrics are *sums and
+counts*, so they are aggregated by summation, never by averaging averages.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
 from server.central_dp import CentralDP
 from server.guard import ReplyGuard
+from server.robust import REGISTRY_KEY, aggregator
 from shared.config import RunConfig
 from shared.errors import ConfigError
 
@@ -56,22 +58,27 @@ def build_strategy(cfg: RunConfig, central_dp: CentralDP | None = None) -> Reply
     elif cfg.strategy == "fedadam":
         inner = FedAdam(eta=cfg.server_lr, eta_l=cfg.lr, **common)
     else:
-        inner = FedAvg(**common)
+        inner = aggregator(cfg, common)
     if central_dp is not None:
         if cfg.strategy != "fedavg":
             raise ConfigError("strategy", "node-level DP runs with fedavg (equal-weight average + noise)")
         inner = central_dp.wrap(FedAvg(**common, weighted_by_key="node-weight"))
-    return ReplyGuard(inner, max_update_norm=cfg.max_update_norm, seed=cfg.seed)
+    return ReplyGuard(inner, max_update_norm=cfg.max_update_norm, seed=cfg.seed, norm_bound=cfg.norm_bound)
 
 
 STATE_ATTRS = ("m_t", "v_t")
 
 
 def strategy_state(strategy: ReplyGuard) -> dict:
-    """The inner strategy's optimizer state (FedAdam moments) for checkpoints."""
-    return {a: getattr(strategy.inner, a) for a in STATE_ATTRS if getattr(strategy.inner, a, None) is not None}
+    """The inner strategy's optimizer state (FedAdam moments) and the guard's replay registry, for checkpoints."""
+    state = {a: getattr(strategy.inner, a) for a in STATE_ATTRS if getattr(strategy.inner, a, None) is not None}
+    state[REGISTRY_KEY] = strategy.replays.state()
+    return state
 
 
 def restore_strategy_state(strategy: ReplyGuard, state: dict) -> None:
     for attr, value in state.items():
-        setattr(strategy.inner, attr, value)
+        if attr == REGISTRY_KEY:
+            strategy.replays.restore(value)
+        else:
+            setattr(strategy.inner, attr, value)

@@ -79,6 +79,11 @@ class RunConfig:
     run_dir: str = ""  # "" -> ./runs/<run id> of the ServerApp process
     resume_from: str = ""  # a run directory holding checkpoint.pt
     fail_after_round: int = field(default=0, metadata=_range(0))  # fault injection: crash after this round
+    fault_dropout: float = field(default=0.0, metadata=_range(0, 1))  # fault injection: fraction of nodes failing
+    fault_mode: str = field(default="crash", metadata=_choice("crash", "late"))  # raise / reply after the deadline
+    aggregation: str = field(default="mean", metadata=_choice("mean", "median", "trimmed-mean"))  # robust options
+    trim_fraction: float = field(default=0.2, metadata=_range(0, 0.49))  # trimmed-mean: cut from each tail
+    norm_bound: float = field(default=0.0, metadata=_range(0))  # clip each node's update to this L2 norm (0: off)
     update_compression: str = field(default="none", metadata=_choice("none", "fp16"))  # node -> coordinator arrays
     secure_aggregation: bool = False  # SecAgg+ (legacy Flower workflow): the coordinator sees only the sum
     secagg_threshold: float = field(default=0.6, metadata=_range(0, 1, lo_open=True))  # share fraction to unmask
@@ -110,15 +115,22 @@ class RunConfig:
             value = getattr(self, f.name)
             if "choices" in f.metadata and value not in f.metadata["choices"]:
                 raise ConfigError(_key(f.name), f"{value!r} is not one of {', '.join(f.metadata['choices'])}")
+            if isinstance(value, float) and not math.isfinite(value):  # every float knob, ranged or not
+                raise ConfigError(_key(f.name), f"{value!r} is not a finite number")
             if "range" in f.metadata:
                 lo, hi, lo_open = f.metadata["range"]
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise ConfigError(_key(f.name), f"{value!r} is not a finite number")
                 if lo is not None and (value < lo or (lo_open and value == lo)):
                     raise ConfigError(_key(f.name), f"{value!r} must be {'>' if lo_open else '>='} {lo}")
                 if hi is not None and value > hi:
                     raise ConfigError(_key(f.name), f"{value!r} must be <= {hi}")
         _ = self.hidden_layers  # validates mlp-layers
+        robust = self.aggregation != "mean" or self.norm_bound > 0
+        if robust and self.secure_aggregation:
+            raise ConfigError("aggregation", "robust aggregation and norm-bound need individual updates; "
+                                             "secure aggregation reveals only their sum")
+        if self.aggregation != "mean" and (self.strategy != "fedavg" or (self.dp and self.privacy_unit == "node")):
+            raise ConfigError("aggregation", f"{self.aggregation!r} replaces FedAvg's mean: needs strategy = fedavg "
+                                             "and no node-level DP")
 
     @property
     def hidden_layers(self) -> tuple[int, ...]:

@@ -15,7 +15,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy.processes import fedrec_env, free_port
 from shared.config import RunConfig, load_toml_config
 from shared.datasets import SYNTHETIC, load_tables, resolve_data_path
 from shared.errors import FedrecError
@@ -64,12 +64,6 @@ def app_dir() -> Path:
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def resolve_config(preset: str | None, overrides: dict[str, Any], run_dir: Path) -> RunConfig:
     """Defaults <- preset <- overrides, with data and run paths made absolute."""
     values: dict[str, Any] = dict(load_toml_config(preset_path(preset))) if preset else {}
@@ -103,19 +97,12 @@ def write_run_config(cfg: RunConfig, path: Path) -> Path:
 
 
 def simulation_env(flwr_home: Path, ray_tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    """fedrec's Flower environment plus a private Ray temp dir and free local SuperLink ports."""
+    return fedrec_env(flwr_home, {
         "RAY_TMPDIR": str(ray_tmp),
         "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
         "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        "PYTHONUNBUFFERED": "1",
     })
-    return env
 
 
 def superlink_pids(flwr_home: Path) -> list[int]:
@@ -176,8 +163,8 @@ def simulate(
     run_dir = run_dir.resolve()
     if (run_dir / "summary.json").exists() and "resume-from" not in overrides:
         raise FedrecError(f"{run_dir} holds a finished run; choose another --out")
+    cfg = resolve_config(preset, overrides, run_dir)  # first: a bad config writes nothing
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = resolve_config(preset, overrides, run_dir)
     config_file = write_run_config(cfg, run_dir / "run-config.toml")
     nodes = num_supernodes or cfg.num_partitions
     flwr_home = run_dir / "flwr-home"

@@ -4,7 +4,9 @@ Each simulated node has its own ``Context`` (state persists across rounds, as in
 Flower). Messages go through ``ClientApp.__call__`` exactly as the SuperNode runs
 them, after a protobuf round trip each way (as through a SuperLink: no node shares
 an object with the coordinator or another node); a ClientApp exception becomes an
-``Error`` reply, as in the runtime. Used
+``Error`` reply, as in the runtime; a reply that misses the round deadline
+(:class:`simulations.faults.MissedDeadline`, raised instead of sleeping: the Grid
+sets :data:`simulations.faults.VIRTUAL_CLOCK`) is never delivered. Used
 by fast tests and by benchmarks with thousands of nodes, where a Ray actor pool
 on two cores costs more than the training itself. It relies on two internals
 (``TaskIdentity`` and ``Metadata.__dict__``), so it is pinned to flwr 1.42.
@@ -21,6 +23,8 @@ from flwr.clientapp import ClientApp
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+
+from simulations.faults import VIRTUAL_CLOCK, MissedDeadline
 
 CLIENT_EXCEPTION = 500
 
@@ -46,6 +50,7 @@ class InProcessGrid(Grid):
         }
         self.tap = tap  # sees every reply a node sends (wire inspection)
         self.drop = drop  # drop(instruction) -> True simulates a node that never answers
+        self.late: list[tuple[int, int]] = []  # (node, round) of replies that missed the deadline
         self._ids = itertools.count(1)
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = run_id, 0, 1
 
@@ -60,10 +65,16 @@ class InProcessGrid(Grid):
             if self.drop is not None and self.drop(msg):
                 continue
             context = self.contexts[msg.metadata.dst_node_id]
+            token = VIRTUAL_CLOCK.set(True)
             try:
                 reply = self.client_app(_wire(msg), context)
+            except MissedDeadline:
+                self.late.append((msg.metadata.dst_node_id, int(msg.content["config"]["server-round"])))
+                continue
             except Exception as exc:  # the runtime turns ClientApp exceptions into Error replies
                 reply = Message(Error(code=CLIENT_EXCEPTION, reason=f"{exc.__class__.__name__}: {exc}"), reply_to=msg)
+            finally:
+                VIRTUAL_CLOCK.reset(token)
             reply = _wire(reply)
             if self.tap is not None:
                 self.tap(reply)
