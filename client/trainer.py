@@ -36,6 +36,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     value_range: tuple[float, float] = (1.0, 5.0)
     item_lr: float | None = None  # None: lr; 0: item embeddings frozen
+    bias_lr: float | None = None  # None: lr (item-bias table)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, value_range: tuple[float, float] = (1.0, 5.0)) -> TrainSettings:
@@ -48,6 +49,7 @@ class TrainSettings:
             weight_decay=cfg.weight_decay,
             value_range=value_range,
             item_lr=None if cfg.item_lr < 0 else cfg.item_lr,
+            bias_lr=None if cfg.bias_lr <= 0 else cfg.bias_lr,
         )
 
 
@@ -64,17 +66,18 @@ class TrainResult:
 def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     """Adam or SGD (momentum 0.9) with L2 weight decay over ``model``'s trainable parameters.
 
-    Item embedding tables get ``item_lr`` when it is set (a per-group learning rate);
-    with ``item_lr == 0`` they are frozen (``requires_grad`` off, so DP-SGD neither
-    clips nor noises them).
+    Per-group learning rates: item embedding tables get ``item_lr`` and the item bias
+    ``bias_lr`` when set; with ``item_lr == 0`` the item tables are frozen
+    (``requires_grad`` off, so DP-SGD neither clips nor noises them).
     """
-    items, rest = [], []
+    items, bias, rest = [], [], []
     for name, p in model.named_parameters():
         if name.startswith("item_emb.") and s.item_lr == 0:
             p.requires_grad_(False)
         if p.requires_grad:
-            (items if name.startswith("item_emb.") else rest).append(p)
-    groups = [g for g in ({"params": rest}, {"params": items, "lr": s.item_lr or s.lr}) if g["params"]]
+            (items if name.startswith("item_emb.") else bias if name.startswith("item_bias.") else rest).append(p)
+    groups = [g for g in ({"params": rest}, {"params": items, "lr": s.item_lr or s.lr},
+                          {"params": bias, "lr": s.bias_lr or s.lr}) if g["params"]]
     if s.optimizer == "adam":
         return torch.optim.Adam(groups, lr=s.lr, weight_decay=s.weight_decay)
     return torch.optim.SGD(groups, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)

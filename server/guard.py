@@ -3,8 +3,8 @@
 A reply is aggregated only if it carries exactly the global arrays that were sent
 (same keys, shapes and dtypes), all finite, an update ``||new - old||_2`` within
 ``max_update_norm``, and the agreed metric keys with a positive finite
-``num-examples``, and that is no replay of an update accepted before (this run,
-any node; :mod:`server.robust`). Anything else is dropped with a logged reason;
+``num-examples`` — and if it is no replay of an update accepted before in this
+run, from any node (:mod:`server.robust`). Anything else is dropped with a logged reason;
 the round goes on with the other nodes. Accepted updates longer than
 ``norm_bound`` (> 0) are scaled down to it. Node sampling is made deterministic
 per (seed, round).

@@ -228,9 +228,10 @@ class FederatedRun:
 def _brief(record: dict[str, Any]) -> str:
     parts = [f"loss {record['train_loss']:.4f}" if record.get("train_loss") is not None else "no update",
              f"nodes {len(record['nodes'])}/{record['sampled']}"]
-    if record.get("failed") or record.get("missing"):
-        parts.append(f"answered {record['answered']}/{record['sampled']} (failed {len(record['failed'])}, "
-                     f"no reply by the deadline {record['missing']})")
+    failed, missing = len(record.get("failed") or []), record.get("missing", 0)
+    if failed or missing:
+        parts.append(f"answered {record['answered']}/{record['sampled']} (failed {failed}, "
+                     f"no reply by the deadline {missing})")
     if record.get("rejected"):
         parts.append(f"rejected {len(record['rejected'])}")
     val = record.get("val") or {}

@@ -48,6 +48,13 @@ class NodeAudit:
         return not self.problems
 
 
+def _number(value: Any) -> float:
+    """A finite float from a ledger field, or NaN for anything malformed (bool, str, None, ...)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return float("nan")
+    return float(value)
+
+
 def group_chains(entries: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Entries per (run id, node key id), in file order."""
     chains: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -64,29 +71,39 @@ def audit_entries(
     audits = []
     for (run_id, key_id), chain in sorted(group_chains(entries).items()):
         first = chain[0]
-        a = NodeAudit(run_id, key_id, str(first.get("unit")), float(first.get("delta", 0) or 0),
-                      str(first.get("accountant")))
+        delta = _number(first.get("delta"))
+        a = NodeAudit(run_id, key_id, str(first.get("unit")), delta, str(first.get("accountant")))
         a.problems += verify_chain(chain)
         if known_keys is not None and key_id not in known_keys:
             a.problems.append(f"node key {key_id} is not a registered node key")
-        recorded_budgets = {float(e.get("epsilon_budget", float("inf"))) for e in chain}
+        if not 0 < delta < 1 or a.accountant not in ("rdp", "prv"):
+            a.problems.append(f"delta {first.get('delta')!r} or accountant {first.get('accountant')!r} is invalid")
+            audits.append(a)
+            continue
+        recorded_budgets = {_number(e.get("epsilon_budget", float("inf"))) for e in chain}
+        if any(b != b for b in recorded_budgets):  # NaN: malformed
+            a.problems.append("a recorded budget is malformed")
+            recorded_budgets = {b for b in recorded_budgets if b == b} or {float("inf")}
         a.budget = min([*recorded_budgets, budget if budget is not None else float("inf")])
         if len(recorded_budgets) > 1:
             a.problems.append(f"the budget changed within the run: {sorted(recorded_budgets)}")
         history = []
         for e in chain:
             try:
-                segment = (float(e["noise_multiplier"]), float(e["sample_rate"]), int(e["steps"]))
-                recorded = float(e["epsilon"])
-            except (KeyError, TypeError, ValueError):
+                segment = (_number(e["noise_multiplier"]), _number(e["sample_rate"]), int(e["steps"]))
+                recorded = _number(e["epsilon"])
+                round_no = int(e.get("round", -1))
+                if any(x != x for x in (*segment, recorded)) or not 0 < segment[1] <= 1 or segment[2] < 0:
+                    raise ValueError("out of range")
+                again = independent_epsilon([*history, segment], a.delta, a.accountant)
+            except Exception:  # malformed or out-of-range fields; dp-accounting raises ValueError on bad q
                 a.problems.append(f"entry seq {e.get('seq')}: mechanism parameters missing or malformed")
                 continue
             for name in ("unit", "delta", "accountant", "clip_norm"):
                 if e.get(name) != first.get(name):
                     a.problems.append(f"entry seq {e.get('seq')}: {name} changed within the run")
             history.append(segment)
-            again = independent_epsilon(history, a.delta, a.accountant)
-            a.rounds.append(int(e.get("round", -1)))
+            a.rounds.append(round_no)
             a.recorded.append(recorded)
             a.recomputed.append(again)
             a.steps += segment[2]

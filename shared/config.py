@@ -59,6 +59,7 @@ class RunConfig:
     optimizer: str = field(default="adam", metadata=_choice("adam", "sgd"))
     lr: float = field(default=0.001, metadata=_range(0, lo_open=True))
     item_lr: float = -1.0  # learning rate of item embedding tables: -1 = lr, 0 = frozen
+    bias_lr: float = -1.0  # learning rate of the item-bias table: -1 = lr
     weight_decay: float = field(default=0.0, metadata=_range(0))
     batch_size: int = field(default=256, metadata=_range(1))
     local_epochs: int = field(default=1, metadata=_range(1))

@@ -52,11 +52,11 @@ def generate_keys(
     existing = [str(p) for p in targets if p.exists()]
     if existing and not overwrite:
         raise KeyFileError(f"refusing to overwrite existing key file(s): {', '.join(existing)} (use --force)")
+    values = {kind: secrets.token_bytes(KEY_BYTES) for kind in KEY_KINDS}
+    if item_key_from is not None:  # load before creating anything: a bad shared key leaves nothing behind
+        values["item"] = load_key(item_key_from, "item")
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    values = {kind: secrets.token_bytes(KEY_BYTES) for kind in KEY_KINDS}
-    if item_key_from is not None:
-        values["item"] = load_key(item_key_from, "item")
     for kind, value in values.items():
         write_key(key_path(directory, kind), kind, value)
     return KeySet(**values)

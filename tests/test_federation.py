@@ -47,7 +47,8 @@ def test_train_handler_sends_only_the_global_part_and_keeps_user_embeddings(tmp_
     assert list(arrays.keys()) == list(init.keys())
     assert not any(k.startswith(LOCAL_PREFIX) for k in arrays)
     assert all(tuple(arrays[k].shape) == tuple(v.shape) for k, v in init.items())
-    assert set(reply.content["metrics"].keys()) == {"num-examples", "train-loss", "train-seconds", "steps"}
+    assert set(reply.content["metrics"].keys()) == {"num-examples", "train-loss", "train-seconds", "steps",
+                                                    "node-weight"}
     # the user embeddings stay on the node, and round 2 starts from them
     first = ctx.state["user-emb"].to_torch_state_dict()
     assert set(first) == {"user_emb.gmf.weight"} and first["user_emb.gmf.weight"].shape[0] == 80

@@ -158,8 +158,6 @@ def test_bad_cli_arguments_fail_cleanly_and_write_nothing(missing, data):
     fails_cleanly(args, missing / "out", missing / "out.csv")
 
 
-@pytest.mark.xfail(strict=True, reason="shared/keys.py generate_keys creates the key directory before it loads "
-                                       "--item-key-from (issue 7 report)")
 def test_keygen_with_a_missing_shared_item_key_writes_no_key_directory(tmp_path):
     fails_cleanly(["data", "keygen", "--out", str(tmp_path / "keys"), "--item-key-from", str(tmp_path / "no.key")],
                   tmp_path / "keys")
@@ -227,9 +225,6 @@ LEDGER_FIELDS = ["version", "run_id", "round", "seq", "node_key_id", "public_key
 VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False), JUNK)
 
 
-@pytest.mark.xfail(strict=True, reason="shared/audit.py converts entry fields with float()/int() outside its "
-                                       "try block, and dp-accounting raises ValueError on out-of-range "
-                                       "parameters: a forged ledger crashes `fedrec audit` (issue 7 report)")
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), phases=[Phase.generate])
 @given(entries=st.lists(st.dictionaries(st.sampled_from(LEDGER_FIELDS), VALUE), min_size=1, max_size=3))
 def test_audit_of_forged_ledger_entries_reports_violations_without_a_traceback(tmp_path_factory, entries):

@@ -26,10 +26,17 @@ from shared.seeding import numpy_rng, torch_generator, torch_seed
 
 # --- golden values of the privacy math ---------------------------------------------------------
 def test_golden_epsilon_rdp_both_implementations():
-    # Opacus's own accountant test value: RDP, sigma=1.5, q=0.04, 2250 steps, delta=1e-5
-    assert epsilon([(1.5, 0.04, 2250)], 1e-5, "rdp") == pytest.approx(7.32911117143, abs=1e-9)
-    # Google dp-accounting, same orders, independent implementation
-    assert independent_epsilon([(1.5, 0.04, 2250)], 1e-5, "rdp") == pytest.approx(7.329335, rel=1e-5)
+    from opacus.accountants import RDPAccountant
+
+    # Opacus's own golden value (its accountant test): RDP, sigma=1.5, q=0.04, 2250 steps, delta=1e-5, default orders
+    acc = RDPAccountant()
+    acc.history = [(1.5, 0.04, 2250)]
+    assert acc.get_epsilon(1e-5) == pytest.approx(7.32911117143, abs=1e-9)
+    # fedrec's accountant (integer orders): Opacus and Google dp-accounting agree to float precision
+    ours, google = epsilon([(1.5, 0.04, 2250)], 1e-5, "rdp"), independent_epsilon([(1.5, 0.04, 2250)], 1e-5, "rdp")
+    assert ours == pytest.approx(7.32994, abs=1e-4) and google == pytest.approx(ours, rel=1e-9)
+    for history, delta in (([(0.7, 0.1, 40)], 0.008), ([(0.9, 0.1, 300)], 3e-6), ([(0.5, 0.2, 40)], 0.008)):
+        assert independent_epsilon(history, delta) == pytest.approx(epsilon(history, delta), rel=1e-9)
 
 
 def test_golden_epsilon_prv_and_pld_agree():

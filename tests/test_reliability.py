@@ -224,6 +224,7 @@ def test_a_poisoning_node_promotes_its_target_unless_the_aggregation_is_robust(t
         federate(cfg, wrap=(lambda app: poisoning(app, 0, target, boost=300.0)) if attacked else None)
         exposure[name] = target_exposure(tmp_path / name / "run", target, [1, 2, 3, 4])
     top = {k: v["target_in_top10"] for k, v in exposure.items()}
-    assert top["clean"] < 0.05 and top["mean"] > 0.3  # the attack works against a plain mean ...
-    assert top["median"] < 0.05 and top["trimmed"] < 0.05  # ... and not against robust aggregation
-    assert exposure["mean"]["target_mean_rank"] < exposure["median"]["target_mean_rank"] / 3
+    rank = {k: v["target_mean_rank"] for k, v in exposure.items()}
+    assert top["clean"] < 0.1 and top["mean"] > 0.5 and rank["mean"] < rank["clean"] / 3  # works on a plain mean
+    for robust in ("median", "trimmed"):  # ... not on robust aggregation: about where it was without the attack
+        assert top[robust] < 0.15 and rank[robust] > 0.8 * rank["clean"]

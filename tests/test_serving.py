@@ -197,7 +197,7 @@ def test_reload_under_load_drops_no_request(run_dir, tmp_path):
     versions, failures, stop = [], [], threading.Event()
 
     def hammer() -> None:
-        with RecommenderClient(f"127.0.0.1:{running.port}") as client:
+        with RecommenderClient(f"127.0.0.1:{running.port}", timeout=120) as client:  # a loaded CI box is slow
             i = 0
             while not stop.is_set():
                 try:

@@ -34,8 +34,8 @@ from simulations.inprocess import InProcessGrid
 
 SECAGG_STAGE_KEYS = {"secaggplus_configs", "fitres.metrics", "fitres.num_examples", "fitres.parameters",
                      "fitres.status"}
-TRAIN_METRICS = {"num-examples", "train-loss", "train-seconds", "steps", "epsilon", "delta"}
-EVAL_METRIC = re.compile(r"^(num-examples|(val|test)-[a-z-]+-(sum|count)|(val|test)-count)$")
+TRAIN_METRICS = {"num-examples", "train-loss", "train-seconds", "steps", "node-weight", "epsilon", "delta"}
+EVAL_METRIC = re.compile(r"^(num-examples|node-weight|(val|test)-[a-z-]+-(sum|count)|(val|test)-count)$")
 
 
 class WireRecorder:

@@ -32,9 +32,12 @@ from simulations.driver import simulate
 
 SILO_MODEL = {"model": "neumf", "embedding-dim": 32, "mlp-layers": "64,32,16", "num-negatives": 8, "lr": 0.001,
               "batch-size": 256, "full-rank": False, "seed": 42}
+# One user per node: few examples per node, so several local epochs and a larger local learning rate
+# (measured on the synthetic data: 5 local epochs at lr 0.05 learn ~2x faster than 1 epoch at 0.01).
 CROSS_DEVICE = {"data-path": "movielens:ml-1m", "partitioner": "user-per-node", "model": "gmf", "embedding-dim": 32,
-                "num-negatives": 4, "lr": 0.01, "batch-size": 64, "fraction-train": 0.1, "eval-every": 10,
-                "full-rank": False, "seed": 42, "user-lr": 0.05}
+                "num-negatives": 4, "lr": 0.05, "local-epochs": 5, "batch-size": 64, "fraction-train": 0.1,
+                "eval-every": 10, "full-rank": False, "seed": 42, "user-lr": 0.05, "item-init": "genres",
+                "item-bias": True}
 ANCHORS = {"PFedRec": [0.733, 0.444], "FedNCF": [0.605, None], "FedRecon": [0.633, None]}
 
 
@@ -76,7 +79,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--scenarios", default="silos,cross-device")
     parser.add_argument("--silo-rounds", type=int, default=12)
-    parser.add_argument("--cross-device-rounds", type=int, default=300)
+    parser.add_argument("--cross-device-rounds", type=int, default=100)
     parser.add_argument("--work-dir", default=None, help="where run directories go (default: a temp dir)")
     args = parser.parse_args()
     use_data_dir(args.data_dir)

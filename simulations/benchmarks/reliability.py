@@ -34,7 +34,7 @@ from simulations.benchmarks import print_table, use_data_dir, write_json
 
 DROPOUT_BASE = {"data-path": "movielens:ml-100k", "partitioner": "silos", "num-partitions": 10, "min-nodes": 10,
                 "model": "gmf", "embedding-dim": 32, "num-negatives": 4, "lr": 0.01, "batch-size": 256,
-                "num-server-rounds": 10, "patience": 0, "full-rank": True, "seed": 42}
+                "num-server-rounds": 20, "patience": 0, "full-rank": True, "seed": 42}
 POISON_BASE = {"synthetic-users": 600, "synthetic-items": 500, "partitioner": "silos", "num-partitions": 10,
                "min-nodes": 10, "model": "gmf", "lr": 0.01, "num-server-rounds": 8, "patience": 0,
                "full-rank": False, "seed": 42}
