@@ -155,8 +155,9 @@ def _negatives(
         neg = splits.sample_negatives(indptr, seen, users, len(catalog), N_NEGATIVES, seed=seed, stream=stream)
         names = np.asarray(catalog.items, dtype=object)
         lists = [[names[j] for j in row if j >= 0] for row in neg]
-        out.append(pd.DataFrame({"user": np.asarray(user_ids)[users], "role": role, "items": lists}))
-    return pd.concat(out, ignore_index=True)
+        out.append(pd.DataFrame({"user": pd.Series(np.asarray(user_ids)[users], dtype=object), "role": role,
+                                 "items": pd.Series(lists, dtype=object)}))
+    return pd.concat(out, ignore_index=True).astype({"user": object, "role": object, "items": object})
 
 
 def _fixed_negatives(
