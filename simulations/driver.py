@@ -175,7 +175,7 @@ def simulate(
         "--federation-config", f"num-supernodes={nodes} client-resources-num-cpus=1",
     ]
     log_path = run_dir / "flwr.log"
-    with managed_superlink(flwr_home), open(log_path, "a") as log, progress_bar(show_progress) as bar:
+    with managed_superlink(flwr_home), open(log_path, "a", buffering=1) as log, progress_bar(show_progress) as bar:
         task = bar.add_task(f"{preset or 'custom'}: {nodes} nodes", total=cfg.num_server_rounds, status="starting")
         proc = subprocess.Popen(cmd, env=simulation_env(flwr_home, ray_tmp), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -95,6 +95,8 @@ def test_federation_learns_and_never_sends_user_parameters(tmp_path):
     assert [r["round"] for r in records] == [1, 2, 3]
     assert records[-1]["val"]["hr10"] > records[0]["val"]["hr10"] + 0.1
     assert summary.val["hr10"] > 0.5  # popularity on this data is ~0.35
+    # rounds evaluate sampled only (full-rank = false); the selected model gets one full-rank test pass
+    assert "hr10_full" not in records[-1]["test"] and 0 < summary.test["hr10_full"] <= summary.test["hr10"]
     for reply in sent:
         for record in reply.content.array_records.values():
             assert not any(k.startswith(LOCAL_PREFIX) for k in record)
