@@ -96,7 +96,7 @@ def audit_entries(
                 if any(x != x for x in (*segment, recorded)) or not 0 < segment[1] <= 1 or segment[2] < 0:
                     raise ValueError("out of range")
                 again = independent_epsilon([*history, segment], a.delta, a.accountant)
-            except Exception:  # malformed or out-of-range fields; dp-accounting raises ValueError on bad q
+            except (KeyError, TypeError, ValueError, ArithmeticError):  # malformed fields; dp-accounting: ValueError
                 a.problems.append(f"entry seq {e.get('seq')}: mechanism parameters missing or malformed")
                 continue
             for name in ("unit", "delta", "accountant", "clip_norm"):
