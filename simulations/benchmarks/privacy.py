@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 
@@ -41,6 +43,8 @@ UNIT = {"user": {"dp-sample-rate": 1.0, "clip-norm": 0.1, "dp-max-interactions":
 # The non-private reference keeps the model and the federation but uses the learning rate that is best without
 # noise (a DP learning rate would understate it and flatter the ratios).
 NON_PRIVATE = {"lr": 0.001}
+# keys that name where a run writes, not what it computes
+RUN_LOCAL = {"run-dir", "node-state-dir", "resume-from"}
 
 
 def point(unit: str, epsilon: float, overrides: dict, work: Path) -> dict:
@@ -50,7 +54,7 @@ def point(unit: str, epsilon: float, overrides: dict, work: Path) -> dict:
         values["target-epsilon"] = epsilon
     cfg = RunConfig.from_mapping(values)
     run_dir = work / f"{unit}-eps{epsilon:g}"
-    summary, records, wall = run_federation_inprocess(cfg, run_dir)
+    summary, records, wall = finished_run(cfg, run_dir) or run_federation_inprocess(cfg, run_dir)
     ledger = run_dir / "federation_ledger.jsonl"
     entries = read_jsonl(ledger) if ledger.exists() else []
     spent = max((e["epsilon"] for e in entries), default=math.inf if not dp else 0.0)
@@ -65,6 +69,29 @@ def point(unit: str, epsilon: float, overrides: dict, work: Path) -> dict:
         "epoch_seconds": sum(train) / len(train) / cfg.local_epochs if train else None,
         "peak_rss_mb": node_peak_rss(cfg), "wall_seconds": wall, "config": cfg.to_flower_config(),
     }
+
+
+def finished_run(cfg: RunConfig, run_dir: Path) -> tuple[Any, list[dict], float | None] | None:
+    """A run already finished in ``run_dir`` with exactly this configuration, read back; else None.
+
+    Lets an interrupted benchmark continue (``--work-dir`` of the earlier call) without rerunning finished points.
+    """
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())["config"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    except (OSError, ValueError, KeyError):
+        return None
+    mine = cfg.to_flower_config()
+    if {k: v for k, v in saved.items() if k not in RUN_LOCAL} != {k: v for k, v in mine.items() if k not in RUN_LOCAL}:
+        return None
+    print(f"reusing finished run {run_dir}", flush=True)
+    if "hr10_full" not in (summary.get("test") or {}) and not cfg.full_rank:
+        # finished before the coordinator ran its full-rank test pass: resuming a finished run runs just that
+        done, records, _ = run_federation_inprocess(cfg.with_overrides({"resume-from": str(run_dir)}), run_dir)
+        return done, records, None
+    return SimpleNamespace(test=summary["test"], best_round=summary["best_round"],
+                           rounds_run=summary["rounds_run"]), records, None
 
 
 def node_peak_rss(cfg: RunConfig) -> float:
@@ -122,7 +149,8 @@ def main() -> None:
     parser.add_argument("--units", default="user,interaction")
     parser.add_argument("--epsilons", default="1,2,4,8,inf")
     parser.add_argument("--set", action="append", default=[], help="run-config override key=value")
-    parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--work-dir", default=None,
+                        help="where runs go; points already finished there with the same config are read back")
     args = parser.parse_args()
     use_data_dir(args.data_dir)
     torch.set_num_threads(1)
