@@ -1,7 +1,7 @@
 """A real Flower deployment on one machine: SuperLink with TLS and SuperNode auth, SuperNodes, `flwr run`.
 
 :class:`LocalDeployment` runs exactly the operator commands of the deployment guide
-(``docs/deployment.md``), each process with its own ``FLWR_HOME``, on free ports of
+(README, "Deployment"), each process with its own ``FLWR_HOME``, on free ports of
 ``127.0.0.1``, started and stopped by PID. Tests use it for the end-to-end check;
 ``scripts/deploy_demo.sh`` is the same sequence in shell.
 """

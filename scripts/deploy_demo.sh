@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# fedrec deployment demo on one machine: the steps of docs/deployment.md, end to end.
+# fedrec deployment demo on one machine: the steps of the README's Deployment section, end to end.
 #
 #   scripts/deploy_demo.sh [WORKDIR]        (default: runs/deploy-demo; must not exist)
 #   ROUNDS=3 DP=true SECAGG=false KEEP=0 scripts/deploy_demo.sh /tmp/demo

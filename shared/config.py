@@ -102,7 +102,7 @@ class RunConfig:
     user_epochs: int = field(default=1, metadata=_range(0))  # local user-embedding-only passes before each round
     user_lr: float = field(default=0.01, metadata=_range(0, lo_open=True))
     # --- node ----------------------------------------------------------------
-    node_state_dir: str = ""  # simulation: base dir for per-node state ("" = in memory only)
+    node_state_dir: str = ""  # base dir for per-node state ("" = node_config state-dir, else the cache dir)
     client_threads: int = field(default=1, metadata=_range(1, 64))
     # --- evaluation ----------------------------------------------------------
     top_k: int = field(default=10, metadata=_range(1, 1000))
