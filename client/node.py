@@ -103,6 +103,6 @@ class LocalNode:
             out |= {
                 f"{role}-count": s.count, f"{role}-hr-sum": s.hr, f"{role}-ndcg-sum": s.ndcg,
                 f"{role}-full-count": s.full_count, f"{role}-hr-full-sum": s.hr_full,
-                f"{role}-ndcg-full-sum": s.ndcg_full, f"{role}-ild-sum": s.ild, f"{role}-novelty-sum": s.novelty,
-            }
+                f"{role}-ndcg-full-sum": s.ndcg_full, f"{role}-ild-sum": s.ild,
+            }  # no novelty: it needs the global item popularity, and a node only knows its own users'
         return out

@@ -227,7 +227,6 @@ class FederatedRun:
         log.info("[fedrec] finished: best round %d, val %s, test %s", ck.best_round, val, test)
         return FederatedSummary(self.run_dir, ck.round, ck.best_round, val, test, ck.stopped_early)
 
-
     def _full_rank_test(self, best: dict[str, np.ndarray], ck: checkpoint.Checkpoint) -> dict[str, float]:
         """One extra federated evaluation of the selected model on the test split, full-rank.
 
@@ -242,7 +241,7 @@ class FederatedRun:
         means = role_means(self.strategy.aggregate_evaluate(ck.round + 1, replies) or {}, "test", self.cfg.top_k,
                            self.cfg.task) or {}
         log.info("[fedrec] full-rank test of the selected model: %s", means)
-        return {k: v for k, v in means.items() if "full" in k or k.startswith(("ild", "novelty"))}
+        return {k: v for k, v in means.items() if "full" in k or k.startswith("ild")}
 
 
 def _brief(record: dict[str, Any]) -> str:

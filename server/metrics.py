@@ -24,7 +24,6 @@ def role_means(sums: Mapping[str, float], role: str, k: int, task: str) -> dict[
             f"hr{k}_full": sums[f"{role}-hr-full-sum"] / full,
             f"ndcg{k}_full": sums[f"{role}-ndcg-full-sum"] / full,
             f"ild{k}": sums[f"{role}-ild-sum"] / full,
-            f"novelty{k}": sums[f"{role}-novelty-sum"] / full,
         }
     return out
 
