@@ -9,8 +9,9 @@ global part.
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -66,6 +67,7 @@ class LocalNode:
     ) -> RoundOutcome:
         """``local-epochs`` of training on this node (DP-SGD when ``plan``); RNG from (seed, node, round)."""
         model = self.model(global_part, local_part)
+        start = time.perf_counter()  # seconds cover the round's whole local training, user pass included
         if plan is not None:
             result, _ = train_private(
                 model, self.data, self.settings, plan, self.cfg,
@@ -83,6 +85,7 @@ class LocalNode:
             optimizer=make_optimizer(model, self.settings),
             proximal=(proximal_mu, anchor) if anchor is not None else None,
         )
+        result = replace(result, seconds=time.perf_counter() - start)
         return RoundOutcome(global_state(model), local_state(model), result)
 
     def evaluate(

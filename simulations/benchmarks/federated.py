@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--out", required=True)
     parser.add_argument("--scenarios", default="silos,cross-device")
-    parser.add_argument("--silo-rounds", type=int, default=12)
+    parser.add_argument("--silo-rounds", type=int, default=15)
     parser.add_argument("--cross-device-rounds", type=int, default=100)
     parser.add_argument("--work-dir", default=None, help="where run directories go (default: a temp dir)")
     args = parser.parse_args()
