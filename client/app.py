@@ -143,7 +143,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     roles = [r for r in str(config.get("roles", "val")).split(",") if r]
     sums = node.evaluate(
         msg.content["arrays"].to_torch_state_dict(), store.load_local(users_fingerprint(node.data.user_ids)), roles,
-        full_rank=bool(config.get("full-rank", True)),
+        full_rank=bool(config.get("full-rank", True)), server_round=int(config.get("server-round", 0)),
     )
     sums["num-examples"] = int(sums.get(f"{roles[0]}-count", 0))
     sums["node-weight"] = 1

@@ -90,10 +90,18 @@ class LocalNode:
 
     def evaluate(
         self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None, roles: list[str],
-        *, full_rank: bool,
+        *, full_rank: bool, server_round: int = 0,
     ) -> dict[str, float]:
-        """Additive evaluation sums per role, keyed ``<role>-<stat>``."""
+        """Additive evaluation sums per role, keyed ``<role>-<stat>``.
+
+        With ``eval-user-epochs`` the user rows are first refitted to ``global_part`` (noise-free, global part
+        frozen) on this copy of the model only: the node's stored embeddings do not change.
+        """
         model = self.model(global_part, local_part)
+        if self.cfg.eval_user_epochs and self.cfg.task == "implicit":
+            train_user_embeddings(model, self.data, self.settings, epochs=self.cfg.eval_user_epochs,
+                                  lr=self.cfg.user_lr, rng=numpy_rng(self.cfg.seed, "eval-users", self.node_key,
+                                                                     server_round))
         out: dict[str, float] = {}
         for role in roles:
             if role not in (splits.VAL, splits.TEST):

@@ -7,7 +7,8 @@
 - :func:`bound_update`: norm bounding (``norm-bound``): an update ``new - old`` longer than the bound is
   scaled down to it before aggregation (Sun et al. 2019, "Can you really backdoor federated learning?").
 - :func:`aggregator`: ``aggregation = "mean" | "median" | "trimmed-mean"`` with Flower's FedAvg,
-  FedMedian (coordinate-wise median, Yin et al. 2018) or FedTrimmedAvg (``trim-fraction`` cut per tail).
+  FedMedian (coordinate-wise median, Yin et al. 2018) or FedTrimmedAvg (``trim-fraction`` cut per tail);
+  ``"row-mean"`` (:mod:`server.row_mean`) is not a defense but FedAvg for sparse one-user updates.
 """
 
 from __future__ import annotations
@@ -94,4 +95,8 @@ def aggregator(cfg: RunConfig, common: Mapping[str, Any]) -> FedAvg:
         return FedMedian(**common)
     if cfg.aggregation == "trimmed-mean":
         return FedTrimmedAvg(beta=cfg.trim_fraction, **common)
+    if cfg.aggregation == "row-mean":
+        from server.row_mean import RowMeanFedAvg
+
+        return RowMeanFedAvg(**common)
     return FedAvg(**common)

@@ -82,7 +82,8 @@ class RunConfig:
     fail_after_round: int = field(default=0, metadata=_range(0))  # fault injection: crash after this round
     fault_dropout: float = field(default=0.0, metadata=_range(0, 1))  # fault injection: fraction of nodes failing
     fault_mode: str = field(default="crash", metadata=_choice("crash", "late"))  # raise / reply after the deadline
-    aggregation: str = field(default="mean", metadata=_choice("mean", "median", "trimmed-mean"))  # robust options
+    # robust options, and row-mean for sparse (one-user) updates
+    aggregation: str = field(default="mean", metadata=_choice("mean", "median", "trimmed-mean", "row-mean"))
     trim_fraction: float = field(default=0.2, metadata=_range(0, 0.49))  # trimmed-mean: cut from each tail
     norm_bound: float = field(default=0.0, metadata=_range(0))  # clip each node's update to this L2 norm (0: off)
     update_compression: str = field(default="none", metadata=_choice("none", "fp16"))  # node -> coordinator arrays
@@ -101,6 +102,8 @@ class RunConfig:
     dp_chunk_pairs: int = field(default=8192, metadata=_range(1))  # memory bound: scored pairs per physical chunk
     user_epochs: int = field(default=1, metadata=_range(0))  # local user-embedding-only passes before each round
     user_lr: float = field(default=0.01, metadata=_range(0, lo_open=True))
+    # evaluation first refits a copy of the node's user rows to the received global part (FedRecon's evaluation)
+    eval_user_epochs: int = field(default=0, metadata=_range(0))
     # --- node ----------------------------------------------------------------
     node_state_dir: str = ""  # base dir for per-node state ("" = node_config state-dir, else the cache dir)
     client_threads: int = field(default=1, metadata=_range(1, 64))
@@ -132,6 +135,9 @@ class RunConfig:
         if self.aggregation != "mean" and (self.strategy != "fedavg" or (self.dp and self.privacy_unit == "node")):
             raise ConfigError("aggregation", f"{self.aggregation!r} replaces FedAvg's mean: needs strategy = fedavg "
                                              "and no node-level DP")
+        if self.aggregation == "row-mean" and (self.dp or self.update_compression != "none"):
+            raise ConfigError("aggregation", "row-mean needs the rows a node left unchanged to come back exactly: "
+                                             "no DP noise and no update compression")
 
     @property
     def hidden_layers(self) -> tuple[int, ...]:

@@ -208,3 +208,24 @@ def test_early_stopping_keeps_the_best_round(tmp_path):
     assert final["round"] == best["round"]
     assert all(np.array_equal(final["global"][k].numpy(), v) for k, v in checkpoint.load(tmp_path / "run")
                .best_arrays.items())
+
+
+def test_evaluation_refit_of_user_rows_helps_stale_users_and_changes_no_stored_state(tmp_path):
+    from client.node import LocalNode
+    from client.node_data import resolve_node_data
+
+    cfg = cfg_for(tmp_path, **{"num-partitions": 1, "lr": 0.02})
+    nd = resolve_node_data(cfg, {"partition-id": 0, "num-partitions": 1})
+    node = LocalNode(cfg, nd.data, nd.value_range, nd.node_key)
+    global_part, local_part = initial_model(cfg)[0], None
+    for rnd in (1, 2, 3):
+        out = node.train_round(global_part, local_part, rnd)
+        global_part, local_part = out.global_part, out.local_part
+    stale = node.fresh_local()  # users who never trained against this global part (cross-device: not sampled)
+    kept = {k: v.clone() for k, v in stale.items()}
+    plain = node.evaluate(global_part, stale, ["val"], full_rank=False, server_round=4)
+    refit_node = LocalNode(cfg.with_overrides({"eval-user-epochs": 3}), nd.data, nd.value_range, nd.node_key)
+    refit = refit_node.evaluate(global_part, stale, ["val"], full_rank=False, server_round=4)
+    assert refit["val-hr-sum"] > plain["val-hr-sum"] + 0.15 * plain["val-count"]
+    assert all(torch.equal(kept[k], stale[k]) for k in kept)  # evaluation never writes the node's user rows
+    assert refit == refit_node.evaluate(global_part, stale, ["val"], full_rank=False, server_round=4)
