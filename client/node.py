@@ -27,6 +27,18 @@ from shared.seeding import numpy_rng, torch_generator, torch_seed
 Tensors = OrderedDict[str, torch.Tensor]
 
 
+def refit_user_rows(model: torch.nn.Module, cfg: RunConfig, data: InteractionData, *, rng) -> None:
+    """``eval-user-epochs`` noise-free passes over ``model``'s user rows with the global part frozen.
+
+    FedRecon's evaluation step, used before evaluating and before serving, on the caller's model copy only.
+    A no-op for ``eval-user-epochs = 0`` and for the explicit task.
+    """
+    if cfg.eval_user_epochs and cfg.task == "implicit":
+        train_user_embeddings(model, data, TrainSettings.from_config(cfg), epochs=cfg.eval_user_epochs,
+                              lr=cfg.user_lr, rng=rng)
+        model.eval()
+
+
 @dataclass(frozen=True)
 class RoundOutcome:
     """What a training round produced."""
@@ -98,10 +110,8 @@ class LocalNode:
         frozen) on this copy of the model only: the node's stored embeddings do not change.
         """
         model = self.model(global_part, local_part)
-        if self.cfg.eval_user_epochs and self.cfg.task == "implicit":
-            train_user_embeddings(model, self.data, self.settings, epochs=self.cfg.eval_user_epochs,
-                                  lr=self.cfg.user_lr, rng=numpy_rng(self.cfg.seed, "eval-users", self.node_key,
-                                                                     server_round))
+        refit_user_rows(model, self.cfg, self.data, rng=numpy_rng(self.cfg.seed, "eval-users", self.node_key,
+                                                                  server_round))
         out: dict[str, float] = {}
         for role in roles:
             if role not in (splits.VAL, splits.TEST):

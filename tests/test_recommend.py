@@ -201,6 +201,21 @@ def test_federated_simulation_run_dir_gives_each_node_its_own_users(tmp_path, mo
         ModelSource(run=tmp_path / "run", partition=2).load()
 
 
+def test_serving_refits_users_like_evaluation_and_leaves_the_stored_rows(tmp_path):
+    cfg = RunConfig.from_mapping({**SMALL, "model": "gmf", "num-partitions": 1, "min-nodes": 1,
+                                  "num-server-rounds": 1, "run-dir": str(tmp_path / "run"),
+                                  "node-state-dir": str(tmp_path / "nodes"), "eval-user-epochs": 2})
+    _federate(cfg, simulation_node_configs(1))
+    stored = next((tmp_path / "nodes" / "partition-0").glob("*/user_emb.pt"))
+    before = stored.read_bytes()
+    rec = ModelSource(run=tmp_path / "run", partition=0).load()
+    rows = torch.load(stored, weights_only=True)["state"]["user_emb.gmf.weight"]
+    assert not torch.equal(rec.model.user_emb["gmf"].weight, rows)  # refitted to the served global part
+    again = ModelSource(run=tmp_path / "run", partition=0).load()
+    assert torch.equal(rec.model.user_emb["gmf"].weight, again.model.user_emb["gmf"].weight)  # deterministic
+    assert stored.read_bytes() == before
+
+
 def test_deployment_layout_model_data_and_state_dir(tmp_path):
     data_dir = prepared.write(synthetic_tables(42, 160, 240), tmp_path / "node-data")
     cfg = RunConfig.from_mapping({**SMALL, "model": "gmf", "data-path": str(data_dir), "num-partitions": 1,

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from client.node import refit_user_rows
 from client.node_data import resolve_node_data
 from client.recommender import NodeRecommender
 from client.state import users_fingerprint
@@ -38,7 +39,7 @@ from shared.errors import FedrecError
 from shared.interactions import InteractionData
 from shared.models import build_model, merge_state
 from shared.rundir import MODEL_FORMAT
-from shared.seeding import torch_seed
+from shared.seeding import numpy_rng, torch_seed
 
 STATE_FILE = "user_emb.pt"
 
@@ -211,4 +212,6 @@ def _assemble(cfg: RunConfig, global_part: dict, data: InteractionData, items: n
         merge_state(model, global_part=global_part, local_part=local)
     except ValueError as exc:
         raise FedrecError(f"model and node state do not fit together: {exc}") from None
+    # serve what was evaluated: with eval-user-epochs the users are refitted to this global part first
+    refit_user_rows(model, cfg, data, rng=numpy_rng(cfg.seed, "serve-users", users))
     return NodeRecommender.build(cfg, model, data, items, version=version)
