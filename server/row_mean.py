@@ -58,16 +58,12 @@ class RowMeanFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
-        _, metrics = super().aggregate_train(server_round, replies)
-        updates = []
-        for msg in replies:
-            if msg.has_error():
-                continue
-            arrays = next(iter(msg.content.array_records.values()))
-            weight = float(next(iter(msg.content.metric_records.values()))[self.weighted_by_key])
-            updates.append(({k: a.numpy() for k, a in arrays.items()}, weight))
-        if not updates:
-            return None, metrics
+        # the reply guard around this strategy has already validated every reply it passes on
+        contents = [msg.content for msg in replies if not msg.has_error()]
+        if not contents:
+            return None, None
+        updates = [({k: a.numpy() for k, a in next(iter(c.array_records.values())).items()},
+                    float(next(iter(c.metric_records.values()))[self.weighted_by_key])) for c in contents]
         agg = row_mean(updates, self._sent)
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         return ArrayRecord({k: Array(v) for k, v in agg.items()}), metrics

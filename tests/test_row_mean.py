@@ -44,3 +44,18 @@ def test_changed_rows_shapes():
 def test_row_mean_refuses_what_changes_every_row(extra):
     with pytest.raises(ConfigError, match="aggregation"):
         RunConfig.from_mapping({"aggregation": "row-mean", **extra})
+
+
+def test_row_mean_runs_through_the_coordinator_loop(tmp_path):
+    from simulations.benchmarks.common import run_federation_inprocess
+
+    cfg = RunConfig.from_mapping({
+        "synthetic-users": 120, "synthetic-items": 200, "partitioner": "user-per-node", "num-partitions": 120,
+        "min-nodes": 120, "model": "gmf", "embedding-dim": 8, "lr": 0.05, "local-epochs": 2, "fraction-train": 0.25,
+        "num-server-rounds": 3, "eval-every": 3, "full-rank": False, "patience": 0, "max-update-norm": 1000.0,
+        "aggregation": "row-mean"})
+    summary, records, _ = run_federation_inprocess(cfg, tmp_path / "run")
+    losses = [r["train_loss"] for r in records]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert all(len(r["nodes"]) == 30 and not r.get("rejected") for r in records)
+    assert summary.test["hr10"] > 0
