@@ -21,7 +21,7 @@ from flwr.clientapp.mod import fixedclipping_mod
 
 from client.node import LocalNode
 from client.node_data import resolve_node_data
-from client.privacy_account import PrivacyAccount
+from client.privacy import PlanError, PrivacyAccount
 from client.state import NodeStateStore, default_state_dir, users_fingerprint
 from shared.config import RunConfig
 from simulations.faults import fault_mod  # fault-dropout / fault-mode (off by default)
@@ -85,7 +85,10 @@ def train_locally(config: dict, global_part: dict[str, torch.Tensor], context: C
     server_round = int(config["server-round"])
     account = None
     if cfg.dp and cfg.privacy_unit in ("user", "interaction"):
-        account = PrivacyAccount(store, cfg, node.data, context.node_config.get("signing-key"))
+        try:
+            account = PrivacyAccount(store, cfg, node.data, context.node_config.get("signing-key"))
+        except PlanError as exc:
+            raise Refusal(f"no DP plan: {exc}") from None
         if reason := account.refusal():
             raise Refusal(reason)
     fingerprint = users_fingerprint(node.data.user_ids)

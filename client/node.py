@@ -15,14 +15,15 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from client.privacy import DPPlan, train_private, train_user_embeddings
-from client.trainer import TrainResult, TrainSettings, make_optimizer, train_epochs
+from client.privacy import DPPlan, train_private
+from client.trainer import TrainResult, TrainSettings, make_optimizer, train_epochs, train_user_rows
 from shared import splits
 from shared.config import RunConfig
 from shared.evaluation import evaluate_ranking, evaluate_rating
 from shared.interactions import InteractionData
 from shared.models import build_model, global_state, local_state, merge_state
-from shared.seeding import numpy_rng, torch_generator, torch_seed
+from shared.secret_random import SecretRandomness
+from shared.seeding import numpy_rng, torch_seed
 
 Tensors = OrderedDict[str, torch.Tensor]
 
@@ -34,7 +35,7 @@ def refit_user_rows(model: torch.nn.Module, cfg: RunConfig, data: InteractionDat
     A no-op for ``eval-user-epochs = 0`` and for the explicit task.
     """
     if cfg.eval_user_epochs and cfg.task == "implicit":
-        train_user_embeddings(model, data, TrainSettings.from_config(cfg), epochs=cfg.eval_user_epochs,
+        train_user_rows(model, data, TrainSettings.from_config(cfg), epochs=cfg.eval_user_epochs,
                               lr=cfg.user_lr, rng=rng)
         model.eval()
 
@@ -77,18 +78,20 @@ class LocalNode:
         self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None, server_round: int,
         *, proximal_mu: float = 0.0, plan: DPPlan | None = None,
     ) -> RoundOutcome:
-        """``local-epochs`` of training on this node (DP-SGD when ``plan``); RNG from (seed, node, round)."""
+        """``local-epochs`` of training on this node (DP-SGD when ``plan``).
+
+        Non-private rounds draw from (seed, node, round) and are reproducible; DP rounds draw every random
+        choice from fresh OS entropy (:class:`~shared.secret_random.SecretRandomness`), so nobody holding the
+        run config can regenerate the noise or the sampled batches.
+        """
         model = self.model(global_part, local_part)
         start = time.perf_counter()  # seconds cover the round's whole local training, user pass included
         if plan is not None:
-            result, _ = train_private(
-                model, self.data, self.settings, plan, self.cfg,
-                rng=numpy_rng(self.cfg.seed, "train", self.node_key, server_round),
-                generator=torch_generator(self.cfg.seed, "dp-noise", self.node_key, server_round),
-            )
+            result, _ = train_private(model, self.data, self.settings, plan, self.cfg,
+                                      randomness=SecretRandomness.fresh())
             return RoundOutcome(global_state(model), local_state(model), result)
         if self.cfg.user_epochs:  # FedRecon-style: first fit this node's user rows to the received global part
-            train_user_embeddings(model, self.data, self.settings, epochs=self.cfg.user_epochs, lr=self.cfg.user_lr,
+            train_user_rows(model, self.data, self.settings, epochs=self.cfg.user_epochs, lr=self.cfg.user_lr,
                                   rng=numpy_rng(self.cfg.seed, "users", self.node_key, server_round))
         anchor = {k: v.detach().clone() for k, v in global_part.items()} if proximal_mu > 0 else None
         result = train_epochs(

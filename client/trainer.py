@@ -20,6 +20,7 @@ from torch import nn
 from shared.config import RunConfig
 from shared.interactions import InteractionData
 from shared.losses import PerSampleBCE, PerSampleMSE
+from shared.models.base import is_local
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -198,3 +199,26 @@ def train_epochs(
         steps=steps,
         seconds=time.perf_counter() - start,
     )
+
+
+def train_user_rows(model: nn.Module, data: InteractionData, s: TrainSettings, *, epochs: int, lr: float,
+                    rng: np.random.Generator) -> None:
+    """Noise-free local passes over the node's data updating only ``user_emb.*``, the global part frozen.
+
+    FedRecon's user phase: used before each round's training, before evaluation and serving (on a copy),
+    and under the user unit of DP (user rows are never released, so this costs no privacy).
+    """
+    params = [p for n, p in model.named_parameters() if is_local(n)]
+    frozen = [p for n, p in model.named_parameters() if not is_local(n)]
+    for p in frozen:
+        p.requires_grad_(False)
+    optimizer = torch.optim.Adam(params, lr=lr)
+    criterion = make_criterion(s)
+    model.train()
+    for _ in range(epochs):
+        for users, items, targets in implicit_batches(data, s, rng):
+            optimizer.zero_grad(set_to_none=True)
+            criterion(model(users, items), targets).backward()
+            optimizer.step()
+    for p in frozen:
+        p.requires_grad_(True)

@@ -14,19 +14,27 @@ one Gaussian mechanism with the round's *effective* noise multiplier
 ``z * k / m`` for ``k`` aggregated nodes (fewer nodes than planned means less
 noise relative to one node's influence), composed over rounds with the
 configured accountant. The coordinator signs one ledger entry per round with its
-own key, so ``fedrec audit`` checks it like a node chain.
+own key, so ``fedrec audit`` checks it like a node chain. The noise comes from fresh OS entropy
+through a ChaCha20 keystream (:mod:`shared.secret_random`), not from NumPy's global generator
+that Flower's wrapper uses.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
 
 from shared.accounting import Segment, default_delta, epsilon, plan_noise
 from shared.config import RunConfig
 from shared.ledger import NodeLedger, SigningKey
+from shared.secret_random import SecretRandomness
+
+log = logging.getLogger("flwr")
 
 LEDGER = "coordinator_ledger.jsonl"
 
@@ -49,8 +57,8 @@ class CentralDP:
         self.run_key = run_key
 
     def wrap(self, inner: Strategy) -> Strategy:
-        """Flower's DP wrapper around the (equal-weight) inner strategy."""
-        return DifferentialPrivacyClientSideFixedClipping(
+        """Flower's DP wrapper around the (equal-weight) inner strategy, with secret noise."""
+        return SecretNoiseClientSideFixedClipping(
             inner, noise_multiplier=self.noise_multiplier, clipping_norm=self.cfg.clip_norm,
             num_sampled_clients=self.m,
         )
@@ -79,3 +87,19 @@ class CentralDP:
 
     def chain(self) -> list[dict[str, Any]]:
         return self.ledger.entries(self.run_key)
+
+
+class SecretNoiseClientSideFixedClipping(DifferentialPrivacyClientSideFixedClipping):
+    """Flower's DP-FedAvg wrapper; only the noise source differs (CSPRNG from OS entropy)."""
+
+    def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
+        std = self.noise_multiplier * self.clipping_norm / self.num_sampled_clients
+        randomness = SecretRandomness.fresh()
+        noisy = {}
+        for key, array in aggregated_arrays.items():
+            value = array.numpy()
+            if np.issubdtype(value.dtype, np.floating):
+                value = value + randomness.noise.gaussian(value.shape, std).numpy().astype(value.dtype)
+            noisy[key] = Array(np.asarray(value))
+        log.info("aggregate_train: central DP noise with %.4f stdev added (secret CSPRNG)", std)
+        return ArrayRecord(noisy)

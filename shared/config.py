@@ -94,8 +94,8 @@ class RunConfig:
     dp: bool = False
     privacy_unit: str = field(default="user", metadata=_choice("user", "interaction", "node"))
     target_epsilon: float = field(default=8.0, metadata=_range(0, lo_open=True))
-    delta: float = field(default=0.0, metadata=_range(0, 1))  # 0: 1/n^1.1 for the node's n units
-    accountant: str = field(default="rdp", metadata=_choice("rdp", "prv"))
+    delta: float = field(default=0.0, metadata=_range(0, 1))  # 0: min(1e-5, 1/(10 n)) for the node's n units
+    accountant: str = field(default="prv", metadata=_choice("prv", "rdp"))  # prv: Opacus PRV (tight); rdp: Renyi
     clip_norm: float = field(default=1.0, metadata=_range(0, lo_open=True))
     dp_sample_rate: float = field(default=0.1, metadata=_range(0, 1, lo_open=True))
     dp_max_interactions: int = field(default=64, metadata=_range(1))

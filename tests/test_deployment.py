@@ -86,40 +86,51 @@ def test_tls_federation_with_node_auth_completes_and_audits_clean(tmp_path):
         assert len(list(state.glob("*/user_emb.pt"))) == 1 and len(list(state.glob("*/privacy.json"))) == 1
 
 
-def _restart_run(tmp_path: Path, data, *, restart: bool) -> Path:
-    """3 DP rounds, deployment-style node configs; with ``restart`` node 1000 loses its memory before round 2."""
-    root = tmp_path / ("restarted" if restart else "steady")
-    cfg = RunConfig.from_mapping({**TINY, "num-server-rounds": 3, "catalog-path": str(data.catalog),
+def _restart_run(tmp_path: Path, data, *, restart: bool, dp: bool) -> tuple[Path, dict]:
+    """3 rounds, deployment-style node configs; with ``restart`` node 1000 loses its memory before round 2.
+
+    Returns the run root and what node 1000 held in memory before round 2 and what it found again after.
+    """
+    root = tmp_path / f"{'restarted' if restart else 'steady'}-{'dp' if dp else 'plain'}"
+    cfg = RunConfig.from_mapping({**TINY, "dp": dp, "num-server-rounds": 3, "catalog-path": str(data.catalog),
                                   "run-dir": str(root / "run"), "target-epsilon": 4.0})
     configs = [{"data-path": str(p), "node-name": f"edge-{i + 1}", "state-dir": str(root / f"state-{i + 1}")}
                for i, p in enumerate(data.nodes)]
-    loaded = {}
+    seen: dict = {}
 
     def app(msg, ctx):
         rnd = msg.content["config"]["server-round"]
-        if restart and ctx.node_id == 1000 and msg.metadata.message_type == MessageType.TRAIN and rnd == 2:
-            for key in list(ctx.state.keys()):  # what a restarted SuperNode has: nothing in memory
-                del ctx.state[key]
         if ctx.node_id == 1000 and msg.metadata.message_type == MessageType.TRAIN and rnd == 2:
             store = NodeStateStore(ctx.state, configs[0]["state-dir"], msg.content["config"]["run-key"])
-            loaded["privacy"] = store.load_privacy()
+            seen["before"] = {k: v.numpy().copy() for k, v in ctx.state["user-emb"].to_torch_state_dict().items()}
+            fingerprint = str(ctx.state["node-meta"]["users"])
+            if restart:
+                for key in list(ctx.state.keys()):  # what a restarted SuperNode has: nothing in memory
+                    del ctx.state[key]
+            seen["after"] = {k: v.numpy() for k, v in (store.load_local(fingerprint) or {}).items()}
+            seen["privacy"] = store.load_privacy()
         return client_app(msg, ctx)
 
     FederatedRun(cfg, InProcessGrid(app, configs, cfg.to_flower_config()), 1).execute()
-    assert loaded["privacy"] is not None and len(loaded["privacy"]["history"]) == 1
-    return root
+    return root, seen
 
 
 def test_node_restart_keeps_user_embeddings_and_spent_budget(tmp_path):
     data = make_demo_data(tmp_path / "data", nodes=2, users=200, items=120, seed=5)
-    steady, restarted = _restart_run(tmp_path, data, restart=False), _restart_run(tmp_path, data, restart=True)
-    # the restarted node resumed exactly where it was: same model, same user embeddings, same spend
+    # non-private runs are seeded: the restarted node resumes exactly where it was, bit for bit
+    (steady, _), (restarted, seen) = (_restart_run(tmp_path, data, restart=r, dp=False) for r in (False, True))
     a, b = checkpoint.load(steady / "run"), checkpoint.load(restarted / "run")
     assert all(np.array_equal(a.arrays[k], b.arrays[k]) for k in a.arrays)
     emb = [torch.load(next((r / "state-1").glob("*/user_emb.pt")), weights_only=True) for r in (steady, restarted)]
     assert emb[1]["round"] == 3 and emb[0]["users"] == emb[1]["users"]
     emb = [{k: v.numpy() for k, v in e["state"].items()} for e in emb]
     assert all(np.array_equal(emb[0][k], emb[1][k]) for k in emb[0])
+    # under DP the noise is fresh OS entropy, so runs differ; the restarted node still finds its own embeddings
+    # and its spend again, and its ledger continues the chain
+    (steady, _), (restarted, seen) = (_restart_run(tmp_path, data, restart=r, dp=True) for r in (False, True))
+    assert seen["after"].keys() == seen["before"].keys()
+    assert all(np.array_equal(seen["after"][k], seen["before"][k]) for k in seen["before"])
+    assert seen["privacy"] is not None and len(seen["privacy"]["history"]) == 1
     chains = [read_jsonl(r / "state-1" / "ledger.jsonl") for r in (steady, restarted)]
     assert [e["round"] for e in chains[1]] == [1, 2, 3] and not verify_chain(chains[1])
     assert [e["epsilon"] for e in chains[1]] == pytest.approx([e["epsilon"] for e in chains[0]])

@@ -11,9 +11,8 @@ import torch
 from flwr.app import RecordDict
 from torch.utils.data import DataLoader
 
-from client.dp_data import UserSamples, identity_collate
-from client.privacy import make_private, plan_for, refusal
-from client.privacy_account import PrivacyAccount
+from client.privacy import PrivacyAccount, make_private, plan_for, refusal
+from client.privacy.samples import UserSamples, identity_collate
 from client.state import NodeStateStore
 from client.trainer import TrainSettings, make_criterion
 from shared.accounting import default_delta, epsilon, independent_epsilon, plan_noise
@@ -21,6 +20,7 @@ from shared.config import RunConfig
 from shared.datasets import synthetic_tables
 from shared.interactions import InteractionData
 from shared.models import build_model
+from shared.secret_random import SecretRandomness
 from shared.seeding import numpy_rng, torch_generator, torch_seed
 
 
@@ -36,7 +36,7 @@ def test_golden_epsilon_rdp_both_implementations():
     ours, google = epsilon([(1.5, 0.04, 2250)], 1e-5, "rdp"), independent_epsilon([(1.5, 0.04, 2250)], 1e-5, "rdp")
     assert ours == pytest.approx(7.32994, abs=1e-4) and google == pytest.approx(ours, rel=1e-9)
     for history, delta in (([(0.7, 0.1, 40)], 0.008), ([(0.9, 0.1, 300)], 3e-6), ([(0.5, 0.2, 40)], 0.008)):
-        assert independent_epsilon(history, delta) == pytest.approx(epsilon(history, delta), rel=1e-9)
+        assert independent_epsilon(history, delta, "rdp") == pytest.approx(epsilon(history, delta, "rdp"), rel=1e-9)
 
 
 def test_golden_epsilon_prv_and_pld_agree():
@@ -63,8 +63,9 @@ def test_plan_noise_meets_the_target_without_overshoot(eps, q, steps):
 
 
 def test_default_delta():
-    assert default_delta(1000) == pytest.approx(1000 ** -1.1)
-    assert default_delta(1000) < 1 / 1000
+    assert default_delta(1000) == 1e-5 and default_delta(10_000) == 1e-5
+    assert default_delta(10**6) == pytest.approx(1e-7)  # never above 1/n
+    assert all(default_delta(n) < 1 / n for n in (1, 2, 604, 10**5, 10**7))
 
 
 # --- Opacus wiring -----------------------------------------------------------------------------
@@ -78,7 +79,7 @@ def private_step(model, dataset, *, z, clip, batch, n):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     loader = DataLoader(dataset, batch_size=batch, collate_fn=identity_collate, generator=torch_generator(0, "l"))
     return make_private(model, opt, loader, make_criterion(settings), noise_multiplier=z, clip_norm=clip,
-                        noise_generator=torch_generator(0, "n")), n
+                        randomness=SecretRandomness.fresh()), n
 
 
 def test_zero_noise_unbounded_clipping_equals_plain_training(data):
@@ -176,8 +177,8 @@ def test_empty_poisson_batches_still_take_a_noisy_step(data):
     with torch_seed(0, "m"):
         model = build_model(cfg, tiny.n_users, tiny.n_items)
     before = model.item_emb["gmf"].weight.clone()
-    _, steps = train_private(model, tiny, TrainSettings.from_config(cfg), plan, cfg, rng=numpy_rng(0, "t"),
-                             generator=torch_generator(0, "n"))
+    _, steps = train_private(model, tiny, TrainSettings.from_config(cfg), plan, cfg,
+                             randomness=SecretRandomness.fresh())
     assert steps == plan.steps_per_round == 30
     # every item row moved (noise reaches all of them), including items no user has
     moved = (model.item_emb["gmf"].weight != before).all(dim=1)
@@ -186,7 +187,7 @@ def test_empty_poisson_batches_still_take_a_noisy_step(data):
 
 def test_physical_chunks_give_exactly_the_one_pass_clipped_sum(data):
     """Memory-bounded DP steps: chunking a Poisson batch changes nothing but peak memory."""
-    from client.privacy import _clipped_sum_in_chunks
+    from client.privacy.dpsgd import _clipped_sum_in_chunks
 
     grads = []
     for chunk_pairs in (10**9, 3 * 48):  # one pass; 3 users (48 pairs each) per chunk

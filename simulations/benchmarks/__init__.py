@@ -50,7 +50,7 @@ def print_table(rows: list[dict[str, Any]], columns: list[str], title: str) -> N
     """A plain fixed-width table on stdout."""
     def fmt(v: Any) -> str:
         if isinstance(v, float):
-            return "nan" if math.isnan(v) else f"{v:.4f}"
+            return "nan" if math.isnan(v) else f"{v:.3g}" if 0 < abs(v) < 1e-3 else f"{v:.4f}"
         return str(v)
 
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from client.privacy import DPPlan, plan_for, refusal
+from client.privacy.plan import DPPlan, plan_for, refusal
 from client.state import NodeStateStore
 from shared.accounting import Segment, epsilon
 from shared.config import RunConfig

@@ -10,8 +10,9 @@
 
 Batches are built vectorized by ``__getitems__`` (a tuple of tensors with a
 leading batch dimension, possibly 0 for an empty Poisson batch), so the loader
-uses :func:`identity_collate`. Randomness comes from a NumPy generator the caller
-derives from (seed, node, round); the loader is single-process, so it is deterministic.
+uses :func:`identity_collate`. Randomness comes from the NumPy generator of the round's
+:class:`~shared.secret_random.SecretRandomness` (subsampling a user's interactions is part of
+the mechanism, so the coordinator must not be able to reproduce it).
 """
 
 from __future__ import annotations
