@@ -31,25 +31,29 @@ class FederationLedger:
             for entry in read_jsonl(self.path):
                 self.chains.setdefault(entry["node_key_id"], []).append(entry)
 
-    def update(self, node: int, lines: list[str]) -> None:
-        """Adopt a node's chain if it extends the one held (else keep the old one and log why)."""
+    def update(self, node: int, lines: list[str]) -> list[dict[str, Any]]:
+        """Adopt a node's chain if it extends the one held (else keep the old one and log why).
+
+        Returns the entries that are new (what the run manifest acknowledges for this round).
+        """
         try:
             chain = [json.loads(line) for line in lines]
         except (json.JSONDecodeError, TypeError):
             log.warning("node %d sent an unreadable ledger; ignored", node)
-            return
-        if not chain:
-            return
+            return []
+        if not chain or not all(isinstance(e, dict) for e in chain):
+            return []
         key = chain[0].get("node_key_id")
         if not isinstance(key, str) or any(e.get("node_key_id") != key for e in chain):
             log.warning("node %d sent a ledger mixing node keys; ignored", node)
-            return
+            return []
         held = self.chains.get(key, [])
         if len(chain) < len(held) or [entry_hash(e) for e in chain[: len(held)]] != [entry_hash(e) for e in held]:
             log.warning("node %d sent a ledger that does not extend the one held (%d entries); kept the held one",
                         node, len(held))
-            return
+            return []
         self.chains[key] = chain
+        return chain[len(held):]
 
     def entries(self) -> list[dict[str, Any]]:
         return [e for key in sorted(self.chains) for e in self.chains[key]]

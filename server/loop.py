@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 from server import checkpoint
 from server.central_dp import CentralDP
 from server.ledger import FederationLedger
+from server.manifest import RunManifest
 from server.metrics import ROLES, role_means, selection_score
 from server.report import write_plots
 from server.strategies import build_strategy, restore_strategy_state, strategy_state
@@ -121,6 +122,8 @@ class FederatedRun:
         cfg = self.cfg
         ck, catalog_hash = self._start()
         self.catalog_hash = catalog_hash
+        self.manifest = RunManifest(self.run_dir, ck.run_key)
+        self.manifest.reconcile(ck.round, self.ledger.entries())  # a crash between ledger and manifest writes
         run = RunDirectory(self.run_dir)
         log.info("[fedrec] run directory %s", self.run_dir)
         arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in ck.arrays.items()})
@@ -156,13 +159,13 @@ class FederatedRun:
         replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
         new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
         report = self.strategy.report
-        for node, lines in report.ledgers.items():
-            self.ledger.update(node, lines)
+        received = [e for node, lines in report.ledgers.items() for e in self.ledger.update(node, lines)]
         central_entry = None
         if self.central_dp is not None and new_arrays is not None:  # the noisy average is released
             central_entry = self.central_dp.record(rnd, len(report.accepted))
-            self.ledger.update(0, [json.dumps(e, sort_keys=True) for e in self.central_dp.chain()])
+            received += self.ledger.update(0, [json.dumps(e, sort_keys=True) for e in self.central_dp.chain()])
         self.ledger.save()
+        self.manifest.record_round(rnd, received)
         record: dict[str, Any] = {
             "round": rnd,
             "sampled": report.sampled,
@@ -223,6 +226,7 @@ class FederatedRun:
             k: torch.from_numpy(np.array(v)) for k, v in best.items()}, "round": ck.best_round or ck.round})
         run.write_json("summary.json", {"rounds_run": ck.round, "best_round": ck.best_round, "val": val, "test": test,
                                         "stopped_early": ck.stopped_early, "run_key": ck.run_key})
+        self.manifest.close(ck.round)
         write_plots(ck.history, self.run_dir, title=f"federated {self.cfg.model} ({self.cfg.strategy})")
         log.info("[fedrec] finished: best round %d, val %s, test %s", ck.best_round, val, test)
         return FederatedSummary(self.run_dir, ck.round, ck.best_round, val, test, ck.stopped_early)

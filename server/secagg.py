@@ -144,10 +144,10 @@ class SecAggRun(FederatedRun):
 
     def _record(self, rnd: int, arrays: ArrayRecord, strategy: SumOnlyFedAvg, tap: _TapGrid):
         included = sorted(node for node, _, _ in strategy.results)
-        for node, metrics, _ in strategy.results:
-            if isinstance(metrics.get(LEDGER_KEY), str):
-                self.ledger.update(node, metrics[LEDGER_KEY].splitlines())
+        received = [e for node, metrics, _ in strategy.results if isinstance(metrics.get(LEDGER_KEY), str)
+                    for e in self.ledger.update(node, metrics[LEDGER_KEY].splitlines())]
         self.ledger.save()
+        self.manifest.record_round(rnd, received)
         lost = "no reply (dropped out)" if strategy.aggregate else "secure aggregation halted: too few nodes"
         failed = [[n, tap.errors.get(n, lost)] for n in strategy.sampled if n not in included]
         rows = [(m, n) for _, m, n in strategy.results]

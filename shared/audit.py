@@ -8,10 +8,17 @@ For every (run, node) chain in a ledger file the auditor checks that
    parameters of all entries so far with an *independent* accountant
    (Google's dp-accounting; RDP, or PLD for ``prv`` entries) within ``tolerance``;
 3. the node's final epsilon is within its budget (``--budget`` or the budget the
-   node recorded, whichever is smaller) and the recorded epsilons never exceed it.
+   node recorded, whichever is smaller) and the recorded epsilons never exceed it;
+4. with the coordinator's run manifest (:mod:`shared.manifest`): every entry the
+   coordinator received is in the ledger (no entry missing, no chain truncated, no node
+   dropped), every entry in the ledger was received by the coordinator for that run (no
+   entry for a round the node did not train, none spliced from another run), and the
+   manifest itself is signed, chained and from one coordinator key.
 
-The epsilon unit (user or interaction level), delta and accountant come from the
-entries themselves and are reported with every figure.
+A recorded epsilon *below* the independent one (beyond ``tolerance``) under-reports the
+spend and is a violation; one above it is conservative and accepted. The epsilon unit
+(user, interaction or node level), delta and accountant come from the entries themselves
+and are reported with every figure.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 
 from shared.accounting import independent_epsilon
 from shared.ledger import verify_chain
+from shared.manifest import ManifestCheck, acknowledged, check_manifest
 
 
 @dataclass
@@ -107,11 +115,82 @@ def audit_entries(
             a.recorded.append(recorded)
             a.recomputed.append(again)
             a.steps += segment[2]
-            if abs(again - recorded) > tolerance * max(abs(again), 1e-12):
-                a.problems.append(f"round {e.get('round')}: recorded epsilon {recorded:.4f} differs from "
-                                  f"recomputed {again:.4f} by more than {tolerance:.0%}")
+            if recorded < again * (1 - tolerance) - 1e-3:
+                a.problems.append(f"round {e.get('round')}: recorded epsilon {recorded:.4f} differs from recomputed "
+                                  f"{again:.4f}: below it by more than {tolerance:.0%} (spend under-reported)")
             if recorded > a.budget * (1 + 1e-9) or again > a.budget * (1 + tolerance):
                 a.problems.append(f"round {e.get('round')}: epsilon {max(recorded, again):.4f} exceeds the "
                                   f"budget {a.budget:g}")
         audits.append(a)
     return audits
+
+
+@dataclass
+class AuditReport:
+    """Every node chain's audit plus the run-level checks against the coordinator's manifest."""
+
+    nodes: list[NodeAudit]
+    manifest: ManifestCheck | None = None
+    problems: list[str] = field(default_factory=list)  # run level: manifest, dropped nodes, foreign entries
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.nodes or self.manifest) and not self.problems and all(a.ok for a in self.nodes)
+
+
+def audit_run(
+    entries: list[dict[str, Any]], *, manifest: list[dict[str, Any]] | None = None, budget: float | None = None,
+    tolerance: float = 0.01, known_keys: set[str] | None = None, coordinator_key: str | None = None,
+) -> AuditReport:
+    """:func:`audit_entries`, then (if given) cross-check every chain against the run manifest."""
+    if manifest is None:
+        return AuditReport(audit_entries(entries, budget=budget, tolerance=tolerance, known_keys=known_keys))
+    check = check_manifest(manifest, coordinator_key=coordinator_key)
+    own = [e for e in entries if str(e.get("run_id")) == check.run_id]
+    report = AuditReport(audit_entries(own, budget=budget, tolerance=tolerance, known_keys=known_keys), check,
+                         problems=list(check.problems))
+    for e in entries:
+        if str(e.get("run_id")) != check.run_id:
+            report.problems.append(f"node {e.get('node_key_id')}: entry seq {e.get('seq')} (round {e.get('round')}) "
+                                   f"belongs to run {str(e.get('run_id'))[:8]}, not this run {str(check.run_id)[:8]} "
+                                   f"(spliced from another run)")
+    by_node = {a.node_key_id: a for a in report.nodes}
+    expected: dict[str, list] = {}
+    for ack in check.entries:
+        expected.setdefault(ack.node_key_id, []).append(ack)
+    for key, acks in sorted(expected.items()):
+        held = {acknowledged(e) for e in own if str(e.get("node_key_id")) == key}
+        missing = sorted((a for a in acks if a not in held), key=lambda a: a.seq)
+        registered = " (a registered node)" if known_keys is not None and key in known_keys else ""
+        if key not in by_node:
+            report.problems.append(f"node {key}{registered}: dropped from the ledger; the coordinator received "
+                                   f"{len(acks)} entries from it (rounds {_rounds(acks)})")
+            continue
+        seqs = [a.seq for a in held]
+        if missing and min(a.seq for a in missing) > max(seqs, default=-1):
+            last = max(acks, key=lambda a: a.seq)
+            by_node[key].problems.append(f"chain truncated after seq {max(seqs)}: the coordinator received entries "
+                                         f"up to seq {last.seq} (round {last.round})")
+        else:
+            by_node[key].problems += [f"entry seq {a.seq} (round {a.round}) received by the coordinator is missing "
+                                      "from the ledger" for a in missing]
+    acked = check.entries
+    for e in own:
+        if acknowledged(e) not in acked:
+            by_node[str(e.get("node_key_id"))].problems.append(
+                f"entry seq {e.get('seq')} (round {e.get('round')}) is not in the coordinator's manifest: the node "
+                "did not train in that round for this coordinator, or the entry was spliced in")
+    if known_keys is not None:
+        idle = sorted(known_keys - set(expected) - set(by_node))
+        if idle:
+            report.notes.append(f"{len(idle)} registered node key(s) neither trained nor appear in the ledger: "
+                                f"{', '.join(idle)}")
+    if not check.closed:
+        report.notes.append("the manifest has no closing record: the run is unfinished (or its manifest was cut)")
+    return report
+
+
+def _rounds(acks: list) -> str:
+    rounds = sorted({a.round for a in acks})
+    return f"{rounds[0]}-{rounds[-1]}" if len(rounds) > 2 else ", ".join(map(str, rounds))

@@ -8,7 +8,7 @@ import pytest
 from flwr.app import RecordDict
 from typer.testing import CliRunner
 
-from client.privacy_account import PrivacyAccount
+from client.privacy import PrivacyAccount
 from client.state import NodeStateStore
 from fedrec.cli import app
 from shared.audit import audit_entries
@@ -37,7 +37,7 @@ def ledger_entries(tmp_path_factory) -> list[dict]:
 def audit_cli(tmp_path, entries, *args):
     path = tmp_path / "ledger.jsonl"
     write_jsonl(path, entries)
-    result = runner.invoke(app, ["audit", str(path), *args])
+    result = runner.invoke(app, ["audit", str(path), "--no-manifest", *args])  # chain-level checks only
     return result.exit_code, result.output
 
 
