@@ -4,6 +4,9 @@
   (all of its users).
 - Simulation: Flower sets ``partition-id`` / ``num-partitions``; the node takes
   its partition of the run's ``data-path`` with the run's partitioner.
+- In-process simulation: ``node_config["dataset"]`` names data that the simulation
+  layer built in this process and handed over with :func:`register_dataset` (e.g. a
+  node's partition with inserted canaries for an empirical privacy audit).
 
 Nodes only ever read prepared (pseudonymized) datasets.
 """
@@ -31,8 +34,21 @@ class NodeData:
     node_key: str  # stable name for seeding and state: partition id or node name
 
 
+_REGISTERED: dict[str, NodeData] = {}
+
+
+def register_dataset(name: str, data: NodeData) -> None:
+    """Hand a node its data in this process (``node_config["dataset"] = name``)."""
+    _REGISTERED[name] = data
+
+
 def resolve_node_data(cfg: RunConfig, node_config: Mapping[str, Any]) -> NodeData:
     """The node's data for this run (cached per process)."""
+    if node_config.get("dataset"):
+        name = str(node_config["dataset"])
+        if name not in _REGISTERED:
+            raise ConfigError("dataset", f"no dataset {name!r} was registered in this process")
+        return _REGISTERED[name]
     if node_config.get("data-path"):
         name = str(node_config.get("node-name") or node_config["data-path"])
         return _whole(str(node_config["data-path"]), cfg.seed, name)

@@ -1,0 +1,84 @@
+"""One canary-audited federation: the claimed (epsilon, delta) of a node beside the measured lower bound.
+
+:func:`empirical_epsilon` partitions the run's data as the simulation does, inserts canaries
+(:mod:`simulations.canaries`) into node 0, hands every node its data in-process, runs the real
+coordinator loop and ClientApp over the in-process Grid, records every update node 0
+releases (what the coordinator sees), and plays the one-run guessing game on the canaries.
+The canaries' inclusion coins come from OS entropy, as privacy randomness must.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import MessageType
+
+from client.node_data import NodeData, register_dataset
+from shared.config import RunConfig
+from shared.datasets import load_tables
+from shared.interactions import InteractionData
+from shared.one_run_audit import audit_scores
+from simulations.canaries import broken, canary_scores, draw_canaries, with_canaries
+from simulations.partitioners import partition_users
+
+NONPRIVATE_DELTA = 1e-5  # the delta at which a non-private run's lower bound is stated
+
+
+def empirical_epsilon(cfg: RunConfig, *, canaries: int, items_per_canary: int = 1, breakage: str | None = None,
+                      work_dir: Path | None = None, confidence: float = 0.95) -> dict[str, Any]:
+    """Train once with ``canaries`` canaries in node 0; return its claimed epsilon and the audited lower bound."""
+    from client.app import app as client_app
+    from server.loop import FederatedRun
+    from simulations.inprocess import InProcessGrid
+
+    work = Path(work_dir or tempfile.mkdtemp(prefix="fedrec-audit-"))
+    cfg = cfg.with_overrides({"run-dir": str(work / "run"), "node-state-dir": str(work / "nodes"), "item-bias": True})
+    tables = load_tables(cfg.data_path, seed=cfg.seed, synthetic_users=cfg.synthetic_users,
+                         synthetic_items=cfg.synthetic_items)
+    data = InteractionData.from_tables(tables)
+    parts = partition_users(data, cfg.partitioner, cfg.num_partitions, seed=cfg.seed, alpha=cfg.dirichlet_alpha)
+    unit = cfg.privacy_unit if cfg.privacy_unit in ("user", "interaction") else "user"
+    secret = np.random.default_rng(int.from_bytes(os.urandom(16), "big"))
+    node0 = data.subset(parts[0])
+    drawn = draw_canaries(node0, unit, canaries, k=items_per_canary, secret=secret)
+    tag = uuid.uuid4().hex[:8]
+    value_range = tuple(tables.manifest["value_range"])
+    for i, part in enumerate(parts):
+        node_data = with_canaries(node0, drawn) if i == 0 else data.subset(part)
+        register_dataset(f"audit-{tag}-{i}", NodeData(node_data, value_range, tables.catalog.content_hash,
+                                                       f"partition-{i}"))
+    updates: list[dict[str, np.ndarray]] = []
+    claim: dict[str, float] = {}
+
+    def watch(app):
+        def call(msg, ctx):
+            reply = app(msg, ctx)
+            if ctx.node_id == 1000 and msg.metadata.message_type == MessageType.TRAIN and not reply.has_error():
+                sent = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+                updates.append({k: a.numpy() - sent[k] for k, a in reply.content["arrays"].items()})
+                metrics = reply.content["metrics"]
+                claim.update({k: float(metrics[k]) for k in ("epsilon", "delta") if k in metrics})
+            return reply
+        return call
+
+    configs = [{"dataset": f"audit-{tag}-{i}"} for i in range(len(parts))]
+    grid = InProcessGrid(watch(client_app), configs, cfg.to_flower_config())
+    with broken(breakage):
+        summary = FederatedRun(cfg, grid, 1).execute()
+    scores = canary_scores(updates, drawn)
+    delta = claim.get("delta", NONPRIVATE_DELTA)
+    result = audit_scores(scores, drawn.included, delta=delta, confidence=confidence, rng=secret)
+    return {
+        "data": cfg.data_path, "unit": unit, "dp": cfg.dp, "breakage": breakage or "none",
+        "claimed_epsilon": claim.get("epsilon", math.inf), "target_epsilon": cfg.target_epsilon if cfg.dp else math.inf,
+        "delta": delta, "accountant": cfg.accountant if cfg.dp else None, "epsilon_lower_bound":
+        result.epsilon_lower_bound, "confidence": confidence, "canaries": drawn.m,
+        "included": int(drawn.included.sum()), "guesses": result.r, "correct": result.v,
+        "rounds": len(updates), "test_hr10": (summary.test or {}).get("hr10"),
+    }
