@@ -5,6 +5,7 @@ Layout of a certificate directory (every file 0600, the directory 0700)::
     ca.crt, ca.key              the federation's CA (keep ca.key offline once done)
     superlink.crt, superlink.key  the SuperLink's server certificate (SANs: --host values)
     nodes/<name>, nodes/<name>.pub  a SuperNode's EC P-384 key pair in OpenSSH format
+    clients/<name>.crt, .key    a client certificate (clientAuth) for ``fedrec serve --client-ca``
 
 ``flower-supernode --auth-supernode-private-key`` reads the private key with
 ``load_ssh_private_key``, so node keys must be OpenSSH; ``flwr supernode register``
@@ -60,6 +61,12 @@ class CertPaths:
 
     def node_pub(self, name: str) -> Path:
         return self.root / "nodes" / f"{name}.pub"
+
+    def client_cert(self, name: str) -> Path:
+        return self.root / "clients" / f"{name}.crt"
+
+    def client_key(self, name: str) -> Path:
+        return self.root / "clients" / f"{name}.key"
 
 
 def _san(host: str) -> x509.GeneralName:
@@ -157,6 +164,34 @@ def create_node_keys(paths: CertPaths, names: list[str], *, force: bool = False)
         _write(paths.node_pub(name), public + f" fedrec-node-{name}\n".encode())
         pubs.append(paths.node_pub(name))
     return pubs
+
+
+def issue_client_cert(paths: CertPaths, name: str, *, days: int = 365, force: bool = False) -> tuple[Path, Path]:
+    """A client certificate (CN ``name``, extendedKeyUsage clientAuth) signed by the CA; returns (cert, key)."""
+    _check_names([name])
+    if days < 1:
+        raise FedrecError("--days must be >= 1")
+    _refuse_existing([paths.client_cert(name), paths.client_key(name)], force)
+    try:
+        ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+        ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise FedrecError(f"{paths.root}: cannot load the CA (ca.crt, ca.key) to sign with: {exc}") from None
+    key = ec.generate_private_key(ec.SECP384R1())
+    cert = (
+        _builder(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]), ca_cert.subject, key.public_key(), days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False,
+                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+    _write(paths.client_key(name), _pem_key(key))
+    _write(paths.client_cert(name), cert.public_bytes(serialization.Encoding.PEM))
+    return paths.client_cert(name), paths.client_key(name)
 
 
 def describe(paths: CertPaths) -> dict[str, str]:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from deploy.certs import CertPaths, create_ca_and_server, create_node_keys, describe
+from deploy.certs import CertPaths, create_ca_and_server, create_node_keys, describe, issue_client_cert
 
 app = typer.Typer(no_args_is_help=True)
 console = Console(soft_wrap=True)  # paths stay on one line (copy-paste)
@@ -50,3 +50,16 @@ def node_cmd(
     """Add SuperNode authentication key pairs to a certificate directory."""
     for pub in create_node_keys(CertPaths(out), names, force=force):
         console.print(f"SuperNode   {pub.with_suffix('')} (register {pub} with `flwr supernode register`)")
+
+
+@app.command("client")
+def client_cmd(
+    names: Annotated[list[str], typer.Argument(help="Client name(s) (the certificate's CN).")],
+    out: OutOption,
+    days: Annotated[int, typer.Option(help="Validity of the client certificate.")] = 365,
+    force: Annotated[bool, typer.Option(help="Replace existing files.")] = False,
+) -> None:
+    """Issue client certificates (clientAuth) for `fedrec serve --client-ca`, signed by the federation CA."""
+    for name in names:
+        cert, key = issue_client_cert(CertPaths(out), name, days=days, force=force)
+        console.print(f"client      {cert}, {key}")

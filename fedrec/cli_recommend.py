@@ -128,28 +128,34 @@ def register(app: typer.Typer) -> None:
         data: DataOpt = None,
         state_dir: StateOpt = None,
         run_key: RunKeyOpt = None,
-        host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+        host: Annotated[str, typer.Option(help="Address to bind; anything but loopback (127.0.0.0/8, ::1, "
+                                                "localhost) needs --tls-cert/--tls-key.")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="Port to bind (0 = any free port).")] = 50061,
         tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM) for TLS.")] = None,
         tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM) for TLS.")] = None,
+        client_ca: Annotated[Path | None, typer.Option(
+            help="mTLS: admit only clients whose certificate this CA signed. A PEM CA bundle, or a `fedrec certs` "
+                 "directory for its ca.crt (the federation CA). Needs --tls-cert/--tls-key.")] = None,
         workers: Annotated[int, typer.Option(help="Concurrent request threads.")] = 8,
         threads: Annotated[int, typer.Option(help="PyTorch intra-op threads.")] = 1,
     ) -> None:
         """Serve Recommend / RecommendCold / ReloadModel and gRPC health; SIGHUP reloads the model."""
-        import torch
+        from client.serving.server import check_access, start_server
 
-        from client.serving.server import start_server
-
+        check_access(host, tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca)  # before any loading
         if not 0 <= port <= 65535 or workers < 1 or threads < 1:
             raise FedrecError("--port must lie in 0..65535, --workers and --threads must be >= 1")
+        import torch
+
         torch.set_num_threads(threads)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         source = _source(run, partition, model, data, state_dir, run_key)
         running = start_server(source.load, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
-                               max_workers=workers)
+                               client_ca=client_ca, max_workers=workers)
         rec = running.service.current
+        mode = "mTLS" if client_ca else "TLS" if tls_cert else "plain-text"
         console.print(f"serving {rec.n_users} users × {rec.n_items} items (model {rec.version}) on "
-                      f"{host}:{running.port} ({'TLS' if tls_cert else 'plain-text'}); SIGHUP reloads, Ctrl-C stops")
+                      f"{host}:{running.port} ({mode}); SIGHUP reloads, Ctrl-C stops")
         stop = threading.Event()
 
         def reload_in_background(*_: object) -> None:

@@ -26,12 +26,24 @@ class RecommendResult:
 
 
 class RecommenderClient:
-    """A channel to one serving node; plain-text, or TLS when ``ca`` (PEM path) is given."""
+    """A channel to one serving node; plain-text, or TLS when ``ca`` (PEM path) is given.
+
+    ``client_cert`` and ``client_key`` (PEM paths, both or neither, TLS only) present a client certificate to a
+    server started with ``--client-ca``.
+    """
 
     def __init__(self, target: str, *, ca: Path | str | None = None, timeout: float = 10.0,
-                 server_name: str | None = None) -> None:
+                 server_name: str | None = None, client_cert: Path | str | None = None,
+                 client_key: Path | str | None = None) -> None:
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("a client certificate needs both client_cert and client_key")
+        if client_cert is not None and ca is None:
+            raise ValueError("a client certificate needs TLS: give ca as well")
         if ca is not None:
-            creds = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
+            chain = Path(client_cert).read_bytes() if client_cert is not None else None
+            key = Path(client_key).read_bytes() if client_key is not None else None
+            creds = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes(), private_key=key,
+                                                 certificate_chain=chain)
             options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
             self.channel = grpc.secure_channel(target, creds, options=options)
         else:

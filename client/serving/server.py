@@ -12,11 +12,16 @@
   model (``FAILED_PRECONDITION``).
 - Health: the standard ``grpc.health.v1`` service, SERVING for ``""`` and for
   ``fedrec.serving.v1.Recommender``.
+- Who may connect: a bind address other than loopback (127.0.0.0/8, ::1,
+  ``localhost``) needs TLS, or nothing starts (:class:`InsecureServingError`);
+  with ``client_ca`` the server also demands a client certificate signed by
+  that CA (mTLS), because a node's lists reveal its users' histories.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import re
 import threading
@@ -40,6 +45,10 @@ SERVICE = "fedrec.serving.v1.Recommender"
 PSEUDONYM = re.compile(r"[0-9a-f]{32}")
 MAX_COLD = 1000
 MALFORMED = object()  # what the lenient parser returns for bytes that are not a valid request (grpc reserves None)
+
+
+class InsecureServingError(FedrecError):
+    """A serving configuration that would let in whom it should not (refused before anything binds)."""
 
 
 class RequestError(Exception):
@@ -201,24 +210,73 @@ def _read_pem(path: Path | str, what: str) -> bytes:
         raise FedrecError(f"{path}: cannot read the TLS {what} ({exc.strerror})") from None
 
 
-def start_server(loader: Callable[[], NodeRecommender], *, host: str = "127.0.0.1", port: int = 0,
-                 tls_cert: Path | None = None, tls_key: Path | None = None, max_workers: int = 8,
-                 initial: NodeRecommender | None = None) -> RunningServer:
-    """Load the recommender, bind ``host:port`` (0 = a free port), start serving; TLS when cert and key are given."""
+def is_loopback(host: str) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1 (brackets allowed); False for anything else, "" included."""
+    name = host.strip()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def client_ca_file(client_ca: Path | str) -> Path:
+    """The CA bundle for client certificates: a PEM file, or a ``fedrec certs`` directory (its ``ca.crt``)."""
+    path = Path(client_ca)
+    return path / "ca.crt" if path.is_dir() else path
+
+
+def check_access(host: str, *, tls_cert: Path | None, tls_key: Path | None, client_ca: Path | str | None) -> None:
+    """Refuse (InsecureServingError) plain text off loopback, ``--client-ca`` without TLS, half a key pair."""
     if (tls_cert is None) != (tls_key is None):
-        raise FedrecError("TLS needs both --tls-cert and --tls-key")
+        raise InsecureServingError("TLS needs both --tls-cert and --tls-key")
+    if client_ca is not None and tls_cert is None:
+        raise InsecureServingError("--client-ca needs TLS: add --tls-cert and --tls-key")
+    if tls_cert is None and not is_loopback(host):
+        raise InsecureServingError(
+            f"refusing to serve on {host or 'all interfaces'!r} without TLS (recommendation lists reveal users' "
+            "histories): add --tls-cert/--tls-key (and --client-ca to admit only certificate holders), "
+            "or bind a loopback address (127.0.0.1, ::1, localhost)")
+
+
+def _address(host: str, port: int) -> str:
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]:{port}"
+    except ValueError:
+        pass
+    return f"{host}:{port}"
+
+
+def start_server(loader: Callable[[], NodeRecommender], *, host: str = "127.0.0.1", port: int = 0,
+                 tls_cert: Path | None = None, tls_key: Path | None = None, client_ca: Path | str | None = None,
+                 max_workers: int = 8, initial: NodeRecommender | None = None) -> RunningServer:
+    """Load the recommender, bind ``host:port`` (0 = a free port), start serving.
+
+    TLS when cert and key are given; with ``client_ca`` (PEM bundle or ``fedrec certs`` directory) every client
+    must present a certificate signed by it. Off loopback TLS is required; a refused setup loads and binds nothing.
+    """
+    check_access(host, tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca)
+    address = _address(host, port)
+    creds = None
+    if tls_cert is not None:
+        ca = _read_pem(client_ca_file(client_ca), "client CA bundle") if client_ca is not None else None
+        if ca is not None and b"-----BEGIN CERTIFICATE-----" not in ca:
+            raise InsecureServingError(f"{client_ca_file(client_ca)}: --client-ca holds no PEM certificate")
+        creds = grpc.ssl_server_credentials([(_read_pem(tls_key, "key"), _read_pem(tls_cert, "certificate"))],
+                                            root_certificates=ca, require_client_auth=ca is not None)
+        if ca is None and not is_loopback(host):
+            log.warning("TLS without --client-ca: any client that reaches %s gets recommendations", address)
     service = RecommenderService(loader, initial)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedrec-rpc"))
     server.add_generic_rpc_handlers((_handlers(service),))  # the generated stub's methods, lenient parsing
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = f"{host}:{port}"
     try:
-        if tls_cert is not None:
-            creds = grpc.ssl_server_credentials([(_read_pem(tls_key, "key"), _read_pem(tls_cert, "certificate"))])
-            bound = server.add_secure_port(address, creds)
-        else:
-            bound = server.add_insecure_port(address)
+        bound = server.add_secure_port(address, creds) if creds is not None else server.add_insecure_port(address)
     except RuntimeError as exc:
         raise FedrecError(f"cannot listen on {address} ({exc})") from None
     if not bound:
