@@ -9,8 +9,10 @@ ledger chain of the run (as float16 with ``update-compression = "fp16"``; SecAgg
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -23,6 +25,7 @@ from client.node import LocalNode
 from client.node_data import resolve_node_data
 from client.privacy import PlanError, PrivacyAccount
 from client.state import NodeStateStore, default_state_dir, users_fingerprint
+from shared.accounting import plan_noise_after
 from shared.config import RunConfig
 from simulations.faults import fault_mod  # fault-dropout / fault-mode (off by default)
 
@@ -83,6 +86,8 @@ def train_locally(config: dict, global_part: dict[str, torch.Tensor], context: C
     if config.get("catalog-hash", catalog_hash) != catalog_hash:
         raise Refusal(f"item catalog differs: node has {catalog_hash[:16]}…")
     server_round = int(config["server-round"])
+    if cfg.dp and cfg.dp_mechanism == "sgd":
+        raise Refusal("dp-mechanism = sgd: this node only answers release instructions, not local training")
     account = None
     if cfg.dp and cfg.privacy_unit in ("user", "interaction"):
         try:
@@ -112,6 +117,51 @@ def train_locally(config: dict, global_part: dict[str, torch.Tensor], context: C
     return LocalUpdate(outcome.global_part, metrics, chain)
 
 
+RELEASES = {"frequency": ("sgd", "als"), "gradient": ("sgd",), "als": ("als",)}  # release -> mechanisms using it
+
+
+def release_locally(config: dict, global_part: dict[str, torch.Tensor], context: Context) -> LocalUpdate:
+    """This node's share of a noisy-sum release (``config["release"]``: frequency, gradient, als); raises Refusal."""
+    cfg, node, store, catalog_hash, config = node_setup(config, context)
+    if config.get("catalog-hash", catalog_hash) != catalog_hash:
+        raise Refusal(f"item catalog differs: node has {catalog_hash[:16]}…")
+    kind = str(config.get("release"))
+    if not cfg.dp or cfg.dp_mechanism not in RELEASES.get(kind, ()):
+        raise Refusal(f"release {kind!r} does not belong to dp-mechanism = {cfg.dp_mechanism} (dp = {cfg.dp})")
+    try:
+        account = PrivacyAccount(store, cfg, node.data, context.node_config.get("signing-key"))
+    except PlanError as exc:
+        raise Refusal(f"no DP plan: {exc}") from None
+    frequency = kind == "frequency"
+    rounds = 0 if config.get("final") else int(config.get("planned-rounds", account.plan.planned_rounds))
+    if (not frequency or config.get("final")) and (reason := account.adopt_rounds(rounds, cfg.num_server_rounds)):
+        raise Refusal(reason)
+    plan = account.plan
+    segment = plan.frequency_segment() if frequency else plan.segment(1)
+    if frequency and config.get("final"):  # no training after all: the rest of the budget on the item counts
+        try:
+            z = plan_noise_after(account.history, plan.target_epsilon, plan.delta, 1.0, 1, plan.accountant)
+        except ValueError as exc:
+            raise Refusal(f"no budget left for a final frequency release: {exc}") from None
+        plan = dataclasses.replace(plan, frequency_multiplier=z)
+        segment = plan.frequency_segment()
+    if reason := account.refusal(segment):
+        raise Refusal(reason)
+    if plan.noise == "distributed" and int(config.get("secagg-levels", 0)) < plan.secagg_levels:
+        raise Refusal(f"SecAgg+ quantization of {config.get('secagg-levels')} levels is coarser than the "
+                      f"{plan.secagg_levels} this node's planned sensitivity assumes")
+    fingerprint = users_fingerprint(node.data.user_ids)
+    start = time.perf_counter()
+    arrays, local, sensitivity = node.release(kind, global_part, store.load_local(fingerprint), plan)
+    entry = account.record(int(config["server-round"]), 1, segment=segment, mechanism=kind, sensitivity=sensitivity)
+    if local is not None:
+        store.save_local(local, fingerprint, int(config["server-round"]))
+    metrics = {"num-examples": 1, "train-loss": 0.0, "train-seconds": time.perf_counter() - start, "steps": 1,
+               "node-weight": 1, "epsilon": entry["epsilon"], "delta": entry["delta"],
+               "noise-multiplier": segment[0]}
+    return LocalUpdate(arrays, metrics, account.chain())
+
+
 def compress(arrays: dict[str, torch.Tensor], how: str) -> OrderedDict[str, torch.Tensor]:
     """``update-compression``: "fp16" sends floating-point arrays as float16 (the coordinator upcasts)."""
     if how == "fp16":
@@ -125,8 +175,10 @@ def train(msg: Message, context: Context) -> Message:
         from client.secagg import handle_train
 
         return handle_train(msg, context)
+    config = dict(msg.content["config"])
+    local = release_locally if "release" in config else train_locally
     try:
-        update = train_locally(dict(msg.content["config"]), msg.content["arrays"].to_torch_state_dict(), context)
+        update = local(config, msg.content["arrays"].to_torch_state_dict(), context)
     except Refusal as exc:
         return _refuse(msg, str(exc))
     content = RecordDict()
@@ -144,10 +196,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     if config.get("catalog-hash", catalog_hash) != catalog_hash:
         return _refuse(msg, f"item catalog differs: node has {catalog_hash[:16]}…")
     roles = [r for r in str(config.get("roles", "val")).split(",") if r]
-    sums = node.evaluate(
-        msg.content["arrays"].to_torch_state_dict(), store.load_local(users_fingerprint(node.data.user_ids)), roles,
-        full_rank=bool(config.get("full-rank", True)), server_round=int(config.get("server-round", 0)),
-    )
+    global_part = msg.content["arrays"].to_torch_state_dict()
+    fingerprint = users_fingerprint(node.data.user_ids)
+    local = store.load_local(fingerprint)
+    if local is None:  # never trained (a DP run that released its floor model): fit the rows locally, keep them
+        local = node.fit_users(global_part)
+        store.save_local(local, fingerprint, int(config.get("server-round", 0)))
+    sums = node.evaluate(global_part, local, roles, full_rank=bool(config.get("full-rank", True)),
+                         server_round=int(config.get("server-round", 0)))
     sums["num-examples"] = int(sums.get(f"{roles[0]}-count", 0))
     sums["node-weight"] = 1
     return Message(RecordDict({"metrics": MetricRecord(sums)}), reply_to=msg)

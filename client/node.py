@@ -40,6 +40,9 @@ def refit_user_rows(model: torch.nn.Module, cfg: RunConfig, data: InteractionDat
         model.eval()
 
 
+FIT_EPOCHS = 5  # local passes that fit a never-trained node's user rows before it evaluates or serves
+
+
 @dataclass(frozen=True)
 class RoundOutcome:
     """What a training round produced."""
@@ -103,6 +106,43 @@ class LocalNode:
         result = replace(result, seconds=time.perf_counter() - start)
         return RoundOutcome(global_state(model), local_state(model), result)
 
+    def release(
+        self, kind: str, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None,
+        plan: DPPlan,
+    ) -> tuple[dict[str, torch.Tensor], Tensors | None, float]:
+        """This node's share of one noisy-sum release; (arrays, new user rows or None, sensitivity).
+
+        ``frequency``: DP item and user counts; ``gradient``: the user rows are fitted locally, then the noisy
+        clipped-gradient sum of the global part; ``als``: the user factors are solved exactly, then the noisy
+        per-item statistics. All randomness is fresh OS entropy.
+        """
+        from client.privacy.als import als_release
+        from client.privacy.releases import frequency_release, frequency_sensitivity, gradient_release
+
+        randomness = SecretRandomness.fresh()
+        if kind == "frequency":
+            return OrderedDict(counts=frequency_release(self.data, plan, randomness)), None, \
+                frequency_sensitivity(plan)
+        model = self.model(global_part, local_part)
+        if kind == "als":
+            table = next(k for k in global_part if k.startswith("item_emb."))
+            stats, users = als_release(self.data, global_part[table].double().numpy(), plan, self.cfg, randomness)
+            with torch.no_grad():
+                next(iter(model.user_emb.values())).weight.copy_(torch.from_numpy(users))
+            return stats, local_state(model), plan.release_sensitivity
+        if plan.unit == "user" and self.cfg.user_epochs:
+            train_user_rows(model, self.data, self.settings, epochs=self.cfg.user_epochs, lr=self.cfg.user_lr,
+                            rng=randomness.numpy)
+        sums = gradient_release(model, self.data, self.settings, plan, self.cfg, randomness)
+        return sums, local_state(model), plan.release_sensitivity
+
+    def fit_users(self, global_part: dict[str, torch.Tensor], epochs: int = FIT_EPOCHS) -> Tensors:
+        """User rows fitted locally and noise-free to a global part they never trained with (a floor model)."""
+        model = self.model(global_part, None)
+        train_user_rows(model, self.data, self.settings, epochs=epochs, lr=self.cfg.user_lr,
+                        rng=numpy_rng(self.cfg.seed, "fit-users", self.node_key))
+        return local_state(model)
+
     def evaluate(
         self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None, roles: list[str],
         *, full_rank: bool, server_round: int = 0,
@@ -113,6 +153,13 @@ class LocalNode:
         frozen) on this copy of the model only: the node's stored embeddings do not change.
         """
         model = self.model(global_part, local_part)
+        if self.cfg.dp and self.cfg.dp_mechanism == "als":  # the exact local solve against the received items
+            from client.privacy.als import solve_users
+
+            table = next(k for k in global_part if k.startswith("item_emb."))
+            users = solve_users(self.data, global_part[table].double().numpy(), self.cfg)
+            with torch.no_grad():
+                next(iter(model.user_emb.values())).weight.copy_(torch.from_numpy(users))
         refit_user_rows(model, self.cfg, self.data, rng=numpy_rng(self.cfg.seed, "eval-users", self.node_key,
                                                                   server_round))
         out: dict[str, float] = {}

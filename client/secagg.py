@@ -25,7 +25,8 @@ from flwr.client import NumPyClient
 from flwr.client.message_handler.message_handler import handle_legacy_message_from_msgtype
 from flwr.client.mod import secaggplus_mod
 
-from client.app import REFUSED, Refusal, node_setup, train_locally
+from client.app import REFUSED, Refusal, node_setup, release_locally, train_locally
+from shared.secure_sum import release_unit, scale
 
 log = logging.getLogger("flwr")
 CLIPPING_RANGE = 8.0  # SecAggPlusWorkflow's default: parameters are clipped to +-8 before quantization
@@ -42,6 +43,8 @@ class FedrecNumPyClient(NumPyClient):
         keys = str(config.get("array-keys", "")).split(",")
         if len(keys) != len(parameters):
             raise Refusal(f"expected {len(keys)} global arrays, got {len(parameters)}")
+        if "release" in config:
+            return self._release(parameters, keys, config)
         cfg, node, *_ = node_setup(dict(config), self.context)
         if node.data.n_train > cfg.secagg_max_weight:  # checked before any privacy is spent
             raise Refusal(f"num-examples {node.data.n_train} exceeds secagg-max-weight {cfg.secagg_max_weight:g}")
@@ -55,6 +58,20 @@ class FedrecNumPyClient(NumPyClient):
         if update.ledger is not None:
             metrics[LEDGER_KEY] = "\n".join(json.dumps(e, sort_keys=True) for e in update.ledger)
         return arrays, int(update.metrics["num-examples"]), metrics
+
+
+    def _release(self, parameters: list[np.ndarray], keys: list[str], config: dict):
+        """A noisy-sum release under distributed noise: divided by the public scale S into SecAgg+'s range and
+        sent with weight 1, so that the coordinator's mean times k * S is the sum over the k included nodes."""
+        cfg, *_ = node_setup(dict(config), self.context)
+        global_part = OrderedDict((k, torch.from_numpy(np.array(a))) for k, a in zip(keys, parameters, strict=True))
+        update = release_locally(dict(config), global_part, self.context)
+        factor = 1.0 / scale(cfg.secagg_max_users, release_unit(cfg, str(config["release"])))
+        arrays = [v.detach().numpy().astype(np.float64) * factor for v in update.global_part.values()]
+        metrics: dict = dict(update.metrics)
+        if update.ledger is not None:
+            metrics[LEDGER_KEY] = "\n".join(json.dumps(e, sort_keys=True) for e in update.ledger)
+        return arrays, 1, metrics
 
 
 def _fit(msg: Message, context: Context) -> Message:

@@ -82,7 +82,7 @@ def _cells(a: NodeAudit) -> dict[str, str]:
         "run": a.run_id[:8], "node key": a.node_key_id, "unit": f"{a.unit}-level", "rounds": str(len(a.rounds)),
         "steps": str(a.steps), "epsilon": f"{a.final_epsilon:.4f}",
         "recomputed": f"{a.recomputed[-1]:.4f}" if a.recomputed else "-", "budget": f"{a.budget:g}",
-        "delta": f"{a.delta:.3g}", "accountant": a.accountant,
+        "delta": f"{a.delta:.3g}", "accountant": a.accountant, "noise": a.noise,
         "status": "ok" if a.ok else f"{len(a.problems)} problem(s)",
     }
 
@@ -108,7 +108,8 @@ def print_report(result: AuditReport) -> None:
         c = _cells(a)
         console.print(f"node {c['node key']} run {c['run']}: {c['status']}; epsilon {c['epsilon']} (recomputed "
                       f"{c['recomputed']}) of budget {c['budget']}, {c['unit']}, delta {c['delta']}, "
-                      f"{c['accountant']}, {c['rounds']} rounds, {c['steps']} steps", soft_wrap=True, highlight=False)
+                      f"{c['accountant']}, {c['noise']} noise, {c['rounds']} rounds, {c['steps']} steps",
+                      soft_wrap=True, highlight=False)
 
 
 def write_markdown(result: AuditReport, path: Path, ledger: Path, budget: float | None) -> None:
@@ -121,7 +122,7 @@ def write_markdown(result: AuditReport, path: Path, ledger: Path, budget: float 
               f"{'closed' if m.closed else 'not closed (run unfinished?)'}." if m is not None else
               "Manifest: not checked (`--no-manifest`): omitted or truncated entries are not detected."), "",
              "| run | node key | unit | rounds | steps | epsilon (recorded) | epsilon (recomputed) | budget | delta | "
-             "accountant | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "accountant | noise | status |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in result.nodes:
         c = _cells(a)
         c["status"] = "ok" if a.ok else "VIOLATION"

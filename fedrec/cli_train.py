@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -74,8 +75,18 @@ def register(app: typer.Typer) -> None:
         else:
             preset = preset or "synthetic"
         out = out or Path("runs") / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        from simulations.driver import resolve_config as resolve_run
+
+        cfg = resolve_run(preset, overrides, out.resolve())
+        if cfg.dp:
+            console.print(recipe_line(cfg), soft_wrap=True)
         result = run_simulation(preset, overrides, out, show_progress=not quiet)
         _print_summary(result.summary, f"federated run {out}")
+        if cfg.dp:
+            _print_privacy(out)
+        lists = _write_lists(out, cfg)
+        console.print(f"top-{cfg.top_k} lists per node (pseudonyms; `fedrec data reveal` maps them back): {lists}",
+                      soft_wrap=True)
 
 
 def _print_summary(summary: dict, title: str) -> None:
@@ -88,3 +99,57 @@ def _print_summary(summary: dict, title: str) -> None:
         if key != "count":
             table.add_row(key, f"{val.get(key, float('nan')):.4f}", f"{test[key]:.4f}")
     console.print(table)
+
+
+def recipe_line(cfg) -> str:
+    """The DP recipe of a run, as one line: mechanism, where the noise goes, budget, unit, accountant, knobs."""
+    where = {"local": "every node adds it", "central": "the coordinator adds it (trusted)",
+             "distributed": "shares under SecAgg+ (trusted: SecAgg+, honest nodes)"}[cfg.dp_noise]
+    knobs = (f"q {cfg.dp_sample_rate:g}, clip {cfg.clip_norm:g}, up to {cfg.num_server_rounds} rounds, "
+             f"server momentum SGD lr {cfg.dp_server_lr:g}, {cfg.dp_frequency_share:.0%} of epsilon on DP item "
+             f"counts" if cfg.dp_mechanism == "sgd" else
+             f"{cfg.num_server_rounds} passes, {cfg.dp_max_interactions} items per user, "
+             f"{cfg.dp_frequency_share:.0%} of epsilon on DP item counts" if cfg.dp_mechanism == "als" else
+             f"q {cfg.dp_sample_rate:g}, clip {cfg.clip_norm:g}, {cfg.num_server_rounds} rounds x "
+             f"{cfg.local_epochs} local epoch(s)")
+    return (f"DP recipe: {cfg.privacy_unit}-level, epsilon {cfg.target_epsilon:g} per node for the whole run, "
+            f"delta {cfg.delta or 'min(1e-5, 1/(10n))'}, {cfg.accountant}; mechanism {cfg.dp_mechanism}, noise: "
+            f"{where}; {knobs}")
+
+
+def _print_privacy(run: Path) -> None:
+    """Epsilon spent per node (with delta and accountant) from the ledger, and the audit against the manifest."""
+    from shared.audit import audit_run
+    from shared.ledger import read_jsonl
+    from shared.manifest import NAME as MANIFEST
+
+    ledger = run / "federation_ledger.jsonl"
+    if not ledger.exists():
+        console.print("[bold red]no privacy ledger was written[/]")
+        return
+    manifest = run / MANIFEST
+    report = audit_run(read_jsonl(ledger), manifest=read_jsonl(manifest) if manifest.exists() else None)
+    for a in report.nodes:
+        console.print(f"node {a.node_key_id}: epsilon {a.final_epsilon:.4f} ({a.unit}-level, delta {a.delta:.3g}, "
+                      f"{a.accountant}, {a.noise} noise, {a.steps} steps)", soft_wrap=True, highlight=False)
+    verdict = "[bold green]ledger verified[/]" if report.ok else "[bold red]ledger audit FAILED[/]"
+    console.print(f"{verdict} against the coordinator's manifest (`fedrec audit {ledger}` for the report)",
+                  soft_wrap=True)
+
+
+def _write_lists(run: Path, cfg) -> Path:
+    """Each simulated node's top-K lists, written where its data lives (here: the run's node directories)."""
+    import dataclasses
+
+    from client.data_owner import write_result
+    from client.serving.source import ModelSource
+
+    out = run / "recommendations"
+    out.mkdir(exist_ok=True)
+    source = ModelSource(run=run)
+    for pid in source.partitions():
+        rec = dataclasses.replace(source, partition=pid).load()
+        rows = np.arange(rec.n_users)
+        write_result(rec.to_frame(rows, rec.recommend(rows, cfg.top_k, exclude_seen=True)),
+                     out / f"partition-{pid}.csv")
+    return out

@@ -79,7 +79,8 @@ class CentralDP:
         z_eff = self.noise_multiplier * aggregated / self.m
         history = [*self.history(), (z_eff, 1.0, 1)]
         return self.ledger.append(self.key, {
-            "run_id": self.run_key, "round": server_round, "unit": "node", "noise_multiplier": z_eff,
+            "run_id": self.run_key, "round": server_round, "unit": "node", "mechanism": "dp-fedavg",
+            "noise": "central", "noise_share": 0.0, "noise_multiplier": z_eff,
             "sample_rate": 1.0, "steps": 1, "clip_norm": self.cfg.clip_norm, "delta": self.delta,
             "accountant": self.cfg.accountant, "epsilon": epsilon(history, self.delta, self.cfg.accountant),
             "epsilon_budget": self.cfg.target_epsilon,

@@ -118,7 +118,7 @@ class ReplyGuard(Strategy):
                 report.failed.append((node, msg.error.reason))
                 log.warning("round %d: node %d did not train: %s", server_round, node, msg.error.reason)
                 continue
-            _collect_privacy(msg, node, report)  # a spend is real even if the update is then rejected
+            collect_privacy(msg, node, report)  # a spend is real even if the update is then rejected
             wire[node] = sum(r.count_bytes() for r in msg.content.array_records.values())
             if self.compression == "fp16":
                 upcast_fp16(msg, self._reference)
@@ -171,7 +171,8 @@ def upcast_fp16(msg: Message, reference: dict[str, np.ndarray]) -> None:
                 record[key] = Array(record[key].numpy().astype(ref.dtype))
 
 
-def _collect_privacy(msg: Message, node: int, report: RoundReport) -> None:
+def collect_privacy(msg: Message, node: int, report: RoundReport) -> None:
+    """Keep a reply's ledger chain and epsilon in ``report`` (a spend is real even if the reply is rejected)."""
     ledger = msg.content.config_records.get("ledger")
     if ledger is not None and isinstance(ledger.get("entries"), list):
         report.ledgers[node] = [str(x) for x in ledger["entries"]]

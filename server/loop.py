@@ -1,5 +1,9 @@
 """The coordinator's round loop: train, validate replies, aggregate, checkpoint, evaluate, stop early.
 
+Under DP the released model is the latest round's: validation on the nodes' private data is
+reported, but it neither selects a round nor stops the run early (that would be an
+unaccounted use of private data).
+
 It drives a Flower strategy through its public contract (``configure_train``,
 ``aggregate_train``, ``configure_evaluate``, ``aggregate_evaluate``) instead of
 ``Strategy.start``, because ``start`` has no hooks for resuming at round k+1,
@@ -72,10 +76,10 @@ def initial_model(cfg: RunConfig) -> tuple[OrderedDict[str, torch.Tensor], str]:
         catalog, features = tables.catalog, genre_matrix(tables)
     with torch_seed(cfg.seed, "global-init"):
         model = build_model(cfg, 1, len(catalog))
-    if cfg.item_init == "genres":
-        if features is None:
-            raise ConfigError("item-init", "no public item genres available (prepare with --item-metadata and "
-                                           "give data-path)")
+    if cfg.item_init == "genres" and features is None:
+        raise ConfigError("item-init", "no public item genres available (prepare with --item-metadata and "
+                                       "give data-path)")
+    if cfg.item_init != "random" and features is not None:  # genres, or auto with genres at hand
         init_items_from_metadata(model, features, seed=cfg.seed)
     return global_state(model), catalog.content_hash
 
@@ -103,7 +107,9 @@ class FederatedRun:
         if self.cfg.resume_from:
             ck = checkpoint.load(self.run_dir)
             self._build_strategy(ck.run_key)
-            restore_strategy_state(self.strategy, ck.strategy_state)
+            state = dict(ck.strategy_state)
+            self._restore_extra(state)
+            restore_strategy_state(self.strategy, state)
             run = RunDirectory(self.run_dir)
             # metrics.jsonl is rewritten from the checkpoint: rounds logged after it are redone, not duplicated
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -116,7 +122,23 @@ class FederatedRun:
         arrays = {k: v.numpy() for k, v in init.items()}
         ck = checkpoint.Checkpoint(round=0, arrays=arrays, run_key=uuid.uuid4().hex)
         self._build_strategy(ck.run_key)
+        self._restore_extra({})
         return ck, catalog_hash
+
+    # hooks for runs with more state or a round 0 (server.releases) ------------------------------
+    def _restore_extra(self, state: dict) -> None:
+        """Take this run's own entries out of a checkpoint's strategy state (none here)."""
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _before_rounds(self, arrays: ArrayRecord, catalog_hash: str, run_key: str) -> ArrayRecord:
+        """Work before round 1 (none here); returns the arrays round 1 starts from."""
+        return arrays
+
+    def _last_round(self) -> int:
+        """The last training round of the run (the config's, unless a recipe chose fewer)."""
+        return self.cfg.num_server_rounds
 
     def execute(self) -> FederatedSummary:
         cfg = self.cfg
@@ -127,7 +149,17 @@ class FederatedRun:
         run = RunDirectory(self.run_dir)
         log.info("[fedrec] run directory %s", self.run_dir)
         arrays = ArrayRecord({k: torch.from_numpy(v) for k, v in ck.arrays.items()})
-        for rnd in range(ck.round + 1, cfg.num_server_rounds + 1):
+        if ck.round == 0 and not ck.history:
+            arrays = self._before_rounds(arrays, catalog_hash, ck.run_key)
+            ck.arrays, ck.strategy_state = {k: a.numpy() for k, a in arrays.items()}, self._state()
+            if self._last_round() == 0:  # nothing to train (a recipe's fallback): evaluate what round 0 gave
+                record = {"round": 0, "sampled": 0, "answered": 0, "missing": 0, "nodes": [], "rejected": [],
+                          "failed": [], "train_loss": None, "train_examples": 0}
+                self._evaluate_round(0, arrays, catalog_hash, ck, record)
+                ck.history.append(record)
+                run.log(record)
+            checkpoint.save(self.run_dir, ck)
+        for rnd in range(ck.round + 1, self._last_round() + 1):
             if ck.stopped_early:
                 break
             if self.central_dp is not None and (reason := self.central_dp.refusal()):
@@ -136,11 +168,11 @@ class FederatedRun:
             t0 = time.perf_counter()
             log.info("[fedrec] round %d/%d", rnd, cfg.num_server_rounds)
             record, arrays = self._train_round(rnd, arrays, catalog_hash, ck.run_key)
-            if rnd % cfg.eval_every == 0 or rnd == cfg.num_server_rounds:
+            if rnd % cfg.eval_every == 0 or rnd == self._last_round():
                 self._evaluate_round(rnd, arrays, catalog_hash, ck, record)
             record["seconds"] = time.perf_counter() - t0
             ck.round, ck.arrays = rnd, {k: a.numpy() for k, a in arrays.items()}
-            ck.strategy_state = strategy_state(self.strategy)
+            ck.strategy_state = self._state()
             ck.history.append(record)
             run.log(record)
             checkpoint.save(self.run_dir, ck)
@@ -152,6 +184,9 @@ class FederatedRun:
                 checkpoint.save(self.run_dir, ck)
                 log.info("[fedrec] early stop after round %d (best round %d)", rnd, ck.best_round)
         return self._finish(ck, run)
+
+    def _state(self) -> dict:
+        return {**strategy_state(self.strategy), **self._extra_state()}
 
     def _train_round(self, rnd: int, arrays: ArrayRecord, catalog_hash: str, run_key: str):
         config = ConfigRecord({"run-key": run_key, "catalog-hash": catalog_hash})
@@ -208,7 +243,7 @@ class FederatedRun:
         score = selection_score(record["val"], cfg.top_k, cfg.task)
         if score is None:
             return
-        if score > ck.best_score:
+        if score > ck.best_score or cfg.dp:  # under DP, private validation selects nothing: the latest round
             ck.best_score, ck.best_round, ck.stale = score, rnd, 0
             ck.best_arrays = {k: a.numpy().copy() for k, a in arrays.items()}
         else:

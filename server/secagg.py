@@ -33,9 +33,12 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp import Grid
 
+from server.guard import RoundReport
 from server.loop import FederatedRun
+from server.releases import ReleaseRun
 from shared.config import RunConfig
 from shared.errors import ConfigError
+from shared.secure_sum import quantization_levels, release_unit, scale
 from shared.seeding import derive
 
 log = logging.getLogger("flwr")
@@ -110,36 +113,11 @@ class SecAggRun(FederatedRun):
         check_config(cfg)
         super().__init__(cfg, grid, flower_run_id)
 
-    def _wait_for_nodes(self) -> list[int]:
-        deadline = time.monotonic() + self.cfg.round_timeout
-        nodes = sorted(self.grid.get_node_ids())
-        while len(nodes) < self.cfg.min_nodes and time.monotonic() < deadline:
-            time.sleep(1.0)
-            nodes = sorted(self.grid.get_node_ids())
-        return nodes
-
     def _train_round(self, rnd: int, arrays: ArrayRecord, catalog_hash: str, run_key: str):
-        cfg = self.cfg
-        keys = list(arrays.keys())
-        config: dict[str, Any] = {"run-key": run_key, "catalog-hash": catalog_hash, "server-round": rnd,
-                                  "array-keys": ",".join(keys)}
-        if cfg.strategy == "fedprox":
-            config["proximal-mu"] = cfg.proximal_mu
-        strategy = SumOnlyFedAvg(cfg, config)
-        manager = SimpleClientManager()
-        for node in self._wait_for_nodes():
-            manager.register(GridClientProxy(node_id=node, grid=self.grid, run_id=self.flower_run_id))
-        base = Context(run_id=self.flower_run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
-        legacy = LegacyContext(base, config=ServerConfig(num_rounds=cfg.num_server_rounds), strategy=strategy,
-                               client_manager=manager)
-        legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
-        legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
-            ndarrays_to_parameters([a.numpy() for a in arrays.values()]), True)
-        tap = _TapGrid(self.grid)
-        random.seed(derive(cfg.seed, "secagg-neighbours", rnd))  # the workflow shuffles with `random`
-        workflow = SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=cfg.secagg_threshold,
-                                      max_weight=cfg.secagg_max_weight, timeout=cfg.round_timeout)
-        workflow(tap, legacy)
+        config: dict[str, Any] = {"run-key": run_key, "catalog-hash": catalog_hash}
+        if self.cfg.strategy == "fedprox":
+            config["proximal-mu"] = self.cfg.proximal_mu
+        strategy, tap = secure_round(self, rnd, arrays, config, max_weight=self.cfg.secagg_max_weight)
         return self._record(rnd, arrays, strategy, tap)
 
     def _record(self, rnd: int, arrays: ArrayRecord, strategy: SumOnlyFedAvg, tap: _TapGrid):
@@ -175,6 +153,40 @@ class SecAggRun(FederatedRun):
         return record, new
 
 
+def wait_for_nodes(grid: Grid, cfg: RunConfig) -> list[int]:
+    """The connected nodes, once ``min-nodes`` are there (or the round timeout passed)."""
+    deadline = time.monotonic() + cfg.round_timeout
+    nodes = sorted(grid.get_node_ids())
+    while len(nodes) < cfg.min_nodes and time.monotonic() < deadline:
+        time.sleep(1.0)
+        nodes = sorted(grid.get_node_ids())
+    return nodes
+
+
+def secure_round(run: FederatedRun, rnd: int, arrays: ArrayRecord, config: dict[str, Any], *, max_weight: float,
+                 quantization_range: int = 2**22) -> tuple[SumOnlyFedAvg, _TapGrid]:
+    """One SecAgg+ workflow over the sampled nodes: ``strategy.aggregate`` is the weighted mean of their arrays."""
+    cfg = run.cfg
+    config = {**config, "server-round": rnd, "array-keys": ",".join(arrays.keys())}
+    strategy = SumOnlyFedAvg(cfg, config)
+    manager = SimpleClientManager()
+    for node in wait_for_nodes(run.grid, cfg):
+        manager.register(GridClientProxy(node_id=node, grid=run.grid, run_id=run.flower_run_id))
+    base = Context(run_id=run.flower_run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    legacy = LegacyContext(base, config=ServerConfig(num_rounds=cfg.num_server_rounds), strategy=strategy,
+                           client_manager=manager)
+    legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
+    legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
+        ndarrays_to_parameters([a.numpy() for a in arrays.values()]), True)
+    tap = _TapGrid(run.grid)
+    random.seed(derive(cfg.seed, "secagg-neighbours", rnd))  # the workflow shuffles with `random`
+    workflow = SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=cfg.secagg_threshold,
+                                  max_weight=max_weight, quantization_range=quantization_range,
+                                  timeout=cfg.round_timeout)
+    workflow(tap, legacy)
+    return strategy, tap
+
+
 def _check_aggregate(old: ArrayRecord, values: list[np.ndarray], max_norm: float) -> tuple[ArrayRecord, str | None]:
     """The aggregate in the global model's keys and dtypes, or why it must not be used."""
     if len(values) != len(old):
@@ -192,3 +204,40 @@ def _check_aggregate(old: ArrayRecord, values: list[np.ndarray], max_norm: float
         return old, f"update norm {math.sqrt(sq):.4g} exceeds max-update-norm {max_norm:.4g}"
     return ArrayRecord(out), None
 
+
+
+class SecAggReleases(ReleaseRun):
+    """Noisy-sum releases whose sum only SecAgg+ reveals (``dp-noise = distributed``)."""
+
+    def __init__(self, cfg: RunConfig, grid: Grid, flower_run_id: int) -> None:
+        check_config(cfg)
+        super().__init__(cfg, grid, flower_run_id)
+
+    def _sum(self, rnd: int, arrays: ArrayRecord, reference: dict[str, np.ndarray], config: dict[str, Any]):
+        cfg = self.cfg
+        available = len(wait_for_nodes(self.grid, cfg))
+        sampled = min(available, max(2, math.ceil(cfg.fraction_train * available)))
+        levels = quantization_levels(sampled)
+        strategy, tap = secure_round(self, rnd, arrays, {**config, "secagg-levels": levels}, max_weight=1.0,
+                                     quantization_range=levels)
+        report = RoundReport(sampled=len(strategy.sampled), bytes_down=arrays.count_bytes())
+        multipliers = []
+        for node, metrics, _ in strategy.results:
+            if isinstance(metrics.get(LEDGER_KEY), str):
+                report.ledgers[node] = metrics[LEDGER_KEY].splitlines()
+            if "epsilon" in metrics:
+                report.epsilons[node] = float(metrics["epsilon"])
+            multipliers.append(float(metrics.get("noise-multiplier", 0.0)))
+        included = sorted(node for node, _, _ in strategy.results)
+        lost = "no reply (dropped out)" if strategy.aggregate else "secure aggregation halted: too few nodes"
+        report.failed = [(n, tap.errors.get(n, lost)) for n in strategy.sampled if n not in included]
+        total = {k: np.zeros_like(v, dtype=np.float64) for k, v in reference.items()}
+        if strategy.aggregate is None:
+            return total, report, 0.0
+        mean = parameters_to_ndarrays(strategy.aggregate)
+        factor = len(included) * scale(cfg.secagg_max_users, release_unit(cfg, str(config["release"])))
+        for key, value in zip(reference, mean, strict=True):
+            total[key] = np.asarray(value, dtype=np.float64).reshape(reference[key].shape) * factor
+        report.accepted = included
+        report.bytes_up = [tap.bytes_up.get(n, 0) for n in included]
+        return total, report, max(multipliers, default=0.0)

@@ -93,11 +93,22 @@ def plan_noise(target_epsilon: float, delta: float, sample_rate: float, steps: i
 
     Bisection on ``z`` with the accountant itself; the returned ``z`` never overshoots the target.
     """
-    if not math.isfinite(target_epsilon):
+    return plan_noise_after([], target_epsilon, delta, sample_rate, steps, accountant)
+
+
+def plan_noise_after(history: Sequence[Segment], target_epsilon: float, delta: float, sample_rate: float,
+                     steps: int, accountant: str = DEFAULT_ACCOUNTANT) -> float:
+    """The smallest noise multiplier (to 0.5 %) whose ``steps`` steps after ``history`` stay within the target.
+
+    Raises ValueError if ``history`` alone already reaches the target (no budget is left).
+    """
+    if not math.isfinite(target_epsilon) or steps <= 0:
         return 0.0
+    if history and epsilon(history, delta, accountant) >= target_epsilon:
+        raise ValueError(f"the history already spends epsilon >= {target_epsilon:g}")
 
     def eps(z: float) -> float:
-        return epsilon([(z, sample_rate, steps)], delta, accountant)
+        return epsilon([*history, (z, sample_rate, steps)], delta, accountant)
 
     lo, hi = 0.0, 1.0
     while eps(hi) > target_epsilon:

@@ -44,6 +44,7 @@ class NodeAudit:
     recorded: list[float] = field(default_factory=list)
     recomputed: list[float] = field(default_factory=list)
     steps: int = 0
+    noise: str = "local"  # where the noise was added: local, central or distributed
     budget: float = float("inf")
     problems: list[str] = field(default_factory=list)
 
@@ -96,6 +97,8 @@ def audit_entries(
         if len(recorded_budgets) > 1:
             a.problems.append(f"the budget changed within the run: {sorted(recorded_budgets)}")
         history = []
+        sensitivity: dict[str, Any] = {}  # per mechanism: its clip norm (sensitivity) must stay fixed
+        a.noise = str(first.get("noise", "local"))
         for e in chain:
             try:
                 segment = (_number(e["noise_multiplier"]), _number(e["sample_rate"]), int(e["steps"]))
@@ -107,9 +110,12 @@ def audit_entries(
             except (KeyError, TypeError, ValueError, ArithmeticError):  # malformed fields; dp-accounting: ValueError
                 a.problems.append(f"entry seq {e.get('seq')}: mechanism parameters missing or malformed")
                 continue
-            for name in ("unit", "delta", "accountant", "clip_norm"):
+            for name in ("unit", "delta", "accountant", "noise"):
                 if e.get(name) != first.get(name):
                     a.problems.append(f"entry seq {e.get('seq')}: {name} changed within the run")
+            mechanism = str(e.get("mechanism", "local-sgd"))
+            if sensitivity.setdefault(mechanism, e.get("clip_norm")) != e.get("clip_norm"):
+                a.problems.append(f"entry seq {e.get('seq')}: clip_norm of {mechanism} changed within the run")
             history.append(segment)
             a.rounds.append(round_no)
             a.recorded.append(recorded)

@@ -53,8 +53,9 @@ class RunConfig:
     mlp_layers: str = "64,32,16"
     mlp_activation: str = field(default="sigmoid", metadata=_choice("sigmoid", "relu", "tanh"))  # model=mlp only
     num_negatives: int = field(default=4, metadata=_range(1, 1000))
-    item_bias: bool = False  # a global per-item logit offset
-    item_init: str = field(default="random", metadata=_choice("random", "genres"))  # public-metadata init
+    item_bias: bool = True  # a global per-item logit offset (under DP it starts at the DP log-popularity)
+    # public-metadata init of the item vectors: genres, or auto = genres when the data has them
+    item_init: str = field(default="auto", metadata=_choice("auto", "random", "genres"))
     # --- local training ----------------------------------------------------
     optimizer: str = field(default="adam", metadata=_choice("adam", "sgd"))
     lr: float = field(default=0.001, metadata=_range(0, lo_open=True))
@@ -90,16 +91,32 @@ class RunConfig:
     secure_aggregation: bool = False  # SecAgg+ (legacy Flower workflow): the coordinator sees only the sum
     secagg_threshold: float = field(default=0.6, metadata=_range(0, 1, lo_open=True))  # share fraction to unmask
     secagg_max_weight: float = field(default=1e6, metadata=_range(1))  # >= any node's num-examples (quantization)
+    secagg_max_users: int = field(default=10_000, metadata=_range(1))  # >= any node's units (dp-noise = distributed)
     # --- differential privacy (per node, whole run) ----------------------------
-    dp: bool = False
+    dp: bool = True  # the main job is private; dp = false for the non-private reference
     privacy_unit: str = field(default="user", metadata=_choice("user", "interaction", "node"))
     target_epsilon: float = field(default=8.0, metadata=_range(0, lo_open=True))
     delta: float = field(default=0.0, metadata=_range(0, 1))  # 0: min(1e-5, 1/(10 n)) for the node's n units
     accountant: str = field(default="prv", metadata=_choice("prv", "rdp"))  # prv: Opacus PRV (tight); rdp: Renyi
-    clip_norm: float = field(default=1.0, metadata=_range(0, lo_open=True))
-    dp_sample_rate: float = field(default=0.1, metadata=_range(0, 1, lo_open=True))
+    clip_norm: float = field(default=0.1, metadata=_range(0, lo_open=True))  # L2, per unit's gradient (node: update)
+    dp_sample_rate: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))  # Poisson rate of units per step
     dp_max_interactions: int = field(default=64, metadata=_range(1))
     dp_chunk_pairs: int = field(default=8192, metadata=_range(1))  # memory bound: scored pairs per physical chunk
+    # local-sgd: DP-SGD steps on each node, models averaged; sgd: one noisy clipped-gradient sum per round,
+    # the coordinator steps the global part (dp-server-lr, dp-server-momentum)
+    # als: DP alternating least squares, user factors solved locally, items from noisy per-item statistics
+    dp_mechanism: str = field(default="sgd", metadata=_choice("local-sgd", "sgd", "als"))
+    als_l2: float = field(default=1.0, metadata=_range(0, lo_open=True))  # ridge of the user and item solves
+    als_unobserved_weight: float = field(default=0.5, metadata=_range(0))  # iALS weight of unobserved items
+    # where the noise of sgd releases goes: every node adds it all / the coordinator / shares under SecAgg+
+    # (distributed runs its releases over SecAgg+ whatever secure-aggregation says)
+    dp_noise: str = field(default="distributed", metadata=_choice("local", "central", "distributed"))
+    dp_frequency_share: float = field(default=0.1, metadata=_range(0, 0.9))  # share of the budget: DP item counts
+    dp_frequency_cap: int = field(default=50, metadata=_range(1))  # items counted per user in that release
+    dp_train_min_count: float = field(default=0.0, metadata=_range(0))  # sgd: train only items with DP count >= this
+    # dp-mechanism = sgd: the coordinator's momentum SGD on the mean clipped gradient (sum / (q * DP user count))
+    dp_server_lr: float = field(default=20.0, metadata=_range(0, lo_open=True))
+    dp_server_momentum: float = field(default=0.9, metadata=_range(0, 0.999))
     user_epochs: int = field(default=1, metadata=_range(0))  # local user-embedding-only passes before each round
     user_lr: float = field(default=0.01, metadata=_range(0, lo_open=True))
     # evaluation first refits a copy of the node's user rows to the received global part (FedRecon's evaluation)
@@ -135,6 +152,19 @@ class RunConfig:
         if self.aggregation != "mean" and (self.strategy != "fedavg" or (self.dp and self.privacy_unit == "node")):
             raise ConfigError("aggregation", f"{self.aggregation!r} replaces FedAvg's mean: needs strategy = fedavg "
                                              "and no node-level DP")
+        if self.dp and self.dp_mechanism == "local-sgd" and self.dp_noise != "local":
+            raise ConfigError("dp-noise", "dp-mechanism = local-sgd adds the noise inside each node's local steps; "
+                                          "central or distributed noise needs dp-mechanism = sgd")
+        if self.dp and self.dp_mechanism == "als" and (self.model != "gmf" or self.item_bias):
+            raise ConfigError("dp-mechanism", "als trains the factors of gmf without item bias (model = gmf, "
+                                              "item-bias = false)")
+        if self.dp and self.dp_mechanism in ("sgd", "als") and self.dp_frequency_share <= 0:
+            raise ConfigError("dp-frequency-share", f"dp-mechanism = {self.dp_mechanism} starts from the DP item "
+                                                    "counts and user count of the frequency release: set a share "
+                                                    "> 0 (e.g. 0.1)")
+        if self.dp and self.dp_mechanism in ("sgd", "als") and self.privacy_unit == "node":
+            raise ConfigError("dp-mechanism", "privacy-unit = node is DP-FedAvg; dp-mechanism = sgd is per user "
+                                              "or interaction")
         if self.aggregation == "row-mean" and (self.dp or self.update_compression != "none"):
             raise ConfigError("aggregation", "row-mean needs the rows a node left unchanged to come back exactly: "
                                              "no DP noise and no update compression")

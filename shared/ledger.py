@@ -2,8 +2,9 @@
 
 One JSON object per line. A node appends one entry per round it trains:
 who (node key id, public key), which run and round, the mechanism
-(privacy unit, noise multiplier, sample rate, steps, clip norm, delta,
-accountant), epsilon after the round, the budget, the hash of the node's
+(privacy unit, mechanism name, where the noise was added and this node's share of
+its variance, noise multiplier, sample rate, steps, clip norm = the release's L2
+sensitivity, delta, accountant), epsilon after the round, the budget, the hash of the node's
 previous entry (``prev_hash``; the first entry of a run points to ``GENESIS``)
 and an Ed25519 signature over everything else. Removing, reordering or editing
 an entry breaks the chain or a signature; :func:`verify_chain` finds it.
@@ -27,10 +28,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from shared.atomic import append_line_durable, atomic_write_bytes
 from shared.errors import FedrecError, KeyFileError
 
-VERSION = 1
+VERSION = 2
 GENESIS = "0" * 64
-FIELDS = ("version", "run_id", "round", "seq", "node_key_id", "public_key", "unit", "noise_multiplier",
-          "sample_rate", "steps", "clip_norm", "delta", "accountant", "epsilon", "epsilon_budget", "prev_hash")
+FIELDS = ("version", "run_id", "round", "seq", "node_key_id", "public_key", "unit", "mechanism", "noise",
+          "noise_share", "noise_multiplier", "sample_rate", "steps", "clip_norm", "delta", "accountant", "epsilon",
+          "epsilon_budget", "prev_hash")
 
 
 def canonical(obj: dict[str, Any]) -> bytes:

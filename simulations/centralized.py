@@ -68,7 +68,7 @@ def train_centralized(
     (config, metrics.jsonl, model.pt, summary.json, learning_curves.png).
     """
     tables = None
-    if data is None or cfg.item_init == "genres":
+    if data is None or cfg.item_init != "random":
         tables = load_tables(cfg.data_path, seed=cfg.seed, synthetic_users=cfg.synthetic_users,
                              synthetic_items=cfg.synthetic_items)
     if data is None:
@@ -76,7 +76,7 @@ def train_centralized(
         value_range = tuple(tables.manifest["value_range"])
     value_range = value_range or (1.0, 5.0)
     run = RunDirectory.create(out, cfg, kind="centralized") if out is not None else None
-    features = genre_matrix(tables) if cfg.item_init == "genres" else None
+    features = genre_matrix(tables) if cfg.item_init != "random" else None  # genres, or auto when there are
     if cfg.item_init == "genres" and features is None:
         raise ConfigError("item-init", "the dataset has no public item genres (prepare it with --item-metadata)")
     fit = _Fitter(data, value_range, run, show_progress, features)

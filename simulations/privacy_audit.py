@@ -34,7 +34,7 @@ def empirical_epsilon(cfg: RunConfig, *, canaries: int, items_per_canary: int = 
                       work_dir: Path | None = None, confidence: float = 0.95) -> dict[str, Any]:
     """Train once with ``canaries`` canaries in node 0; return its claimed epsilon and the audited lower bound."""
     from client.app import app as client_app
-    from server.loop import FederatedRun
+    from server.app import federated_run
     from simulations.inprocess import InProcessGrid
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="fedrec-audit-"))
@@ -70,7 +70,7 @@ def empirical_epsilon(cfg: RunConfig, *, canaries: int, items_per_canary: int = 
     configs = [{"dataset": f"audit-{tag}-{i}"} for i in range(len(parts))]
     grid = InProcessGrid(watch(client_app), configs, cfg.to_flower_config())
     with broken(breakage):
-        summary = FederatedRun(cfg, grid, 1).execute()
+        summary = federated_run(cfg, grid, 1).execute()
     scores = canary_scores(updates, drawn)
     delta = claim.get("delta", NONPRIVATE_DELTA)
     result = audit_scores(scores, drawn.included, delta=delta, confidence=confidence, rng=secret)

@@ -13,8 +13,10 @@ from shared.datasets import synthetic_tables
 from shared.interactions import InteractionData
 from shared.models import build_model, global_state, merge_state
 from simulations.benchmarks.cold_start import evaluate_cold, hold_out_users, revealed, train_global_part
+from tests.conftest import MODEL_AVERAGING
 
-CFG = {"synthetic-users": 300, "synthetic-items": 200, "model": "gmf", "embedding-dim": 16, "lr": 0.02,
+CFG = {**MODEL_AVERAGING,
+       "synthetic-users": 300, "synthetic-items": 200, "model": "gmf", "embedding-dim": 16, "lr": 0.02,
        "epochs": 8, "batch-size": 512, "patience": 0, "full-rank": False}
 
 

@@ -22,14 +22,16 @@ from deploy.demo_data import make_demo_data
 from deploy.federation import LocalDeployment, NodeSpec
 from deploy.processes import alive
 from server import checkpoint
+from server.app import federated_run
 from server.ledger import NAME
-from server.loop import FederatedRun
 from shared.config import RunConfig
 from shared.ledger import read_jsonl, verify_chain
 from simulations.inprocess import InProcessGrid
+from tests.conftest import MODEL_AVERAGING
 
 # >= 100 users per node: keeps DP's Poisson batches non-empty on this tiny data
-TINY = {"model": "gmf", "embedding-dim": 16, "full-rank": False, "min-nodes": 2, "dp": True, "lr": 0.01}
+TINY = {**MODEL_AVERAGING,
+        "model": "gmf", "embedding-dim": 16, "full-rank": False, "min-nodes": 2, "dp": True, "lr": 0.01}
 
 
 def test_tls_federation_with_node_auth_completes_and_audits_clean(tmp_path):
@@ -111,7 +113,7 @@ def _restart_run(tmp_path: Path, data, *, restart: bool, dp: bool) -> tuple[Path
             seen["privacy"] = store.load_privacy()
         return client_app(msg, ctx)
 
-    FederatedRun(cfg, InProcessGrid(app, configs, cfg.to_flower_config()), 1).execute()
+    federated_run(cfg, InProcessGrid(app, configs, cfg.to_flower_config()), 1).execute()
     return root, seen
 
 

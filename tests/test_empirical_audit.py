@@ -16,10 +16,12 @@ from shared.datasets import synthetic_tables
 from shared.interactions import InteractionData
 from simulations.canaries import draw_canaries, with_canaries
 from simulations.privacy_audit import empirical_epsilon
+from tests.conftest import MODEL_AVERAGING
 
 # the most powerful audit setting tried: SGD (updates linear in the noisy clipped sums), a clip norm below every
 # user's gradient norm, q = 1, one canary user per distinct rare item, 400 canaries
-AUDIT = {"data-path": "synthetic", "synthetic-users": 300, "synthetic-items": 2000, "num-partitions": 2,
+AUDIT = {**MODEL_AVERAGING,
+         "data-path": "synthetic", "synthetic-users": 300, "synthetic-items": 2000, "num-partitions": 2,
          "min-nodes": 2, "model": "gmf", "embedding-dim": 16, "optimizer": "sgd", "lr": 0.5, "dp-sample-rate": 1.0,
          "clip-norm": 0.01, "num-server-rounds": 6, "eval-every": 6, "patience": 0, "full-rank": False,
          "privacy-unit": "user"}

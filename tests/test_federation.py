@@ -13,13 +13,16 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import app as client_app
 from server import checkpoint
+from server.app import federated_run
 from server.guard import reply_problem
-from server.loop import FederatedRun, InjectedFault, initial_model
+from server.loop import InjectedFault, initial_model
 from shared.config import RunConfig
 from shared.models import LOCAL_PREFIX
 from simulations.inprocess import InProcessGrid, simulation_node_configs
+from tests.conftest import MODEL_AVERAGING
 
-SMALL = {"synthetic-users": 240, "synthetic-items": 300, "model": "gmf", "lr": 0.01, "num-partitions": 3,
+SMALL = {**MODEL_AVERAGING,
+         "synthetic-users": 240, "synthetic-items": 300, "model": "gmf", "lr": 0.01, "num-partitions": 3,
          "min-nodes": 3, "full-rank": False}
 
 
@@ -84,7 +87,7 @@ def test_evaluate_handler_reports_additive_sums(tmp_path):
 def run_federation(cfg: RunConfig, *, tap=None, wrap=None, nodes: int = 3):
     app = wrap(client_app) if wrap else client_app
     grid = InProcessGrid(app, simulation_node_configs(nodes), cfg.to_flower_config(), tap=tap)
-    return FederatedRun(cfg, grid, 1).execute(), grid
+    return federated_run(cfg, grid, 1).execute(), grid
 
 
 def test_federation_learns_and_never_sends_user_parameters(tmp_path):

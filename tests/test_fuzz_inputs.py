@@ -219,9 +219,9 @@ def test_audit_of_random_jsonl_exits_non_zero_without_a_traceback(tmp_path_facto
     _audit_fails_cleanly(tmp_path_factory.mktemp("ledger"), b"\n".join(lines))
 
 
-LEDGER_FIELDS = ["version", "run_id", "round", "seq", "node_key_id", "public_key", "unit", "noise_multiplier",
-                 "sample_rate", "steps", "clip_norm", "delta", "accountant", "epsilon", "epsilon_budget", "prev_hash",
-                 "signature"]
+LEDGER_FIELDS = ["version", "run_id", "round", "seq", "node_key_id", "public_key", "unit", "mechanism", "noise",
+                 "noise_share", "noise_multiplier", "sample_rate", "steps", "clip_norm", "delta", "accountant",
+                 "epsilon", "epsilon_budget", "prev_hash", "signature"]
 VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False), JUNK)
 
 

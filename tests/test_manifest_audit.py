@@ -18,9 +18,10 @@ from shared.errors import FedrecError
 from shared.interactions import InteractionData
 from shared.ledger import read_jsonl, write_jsonl
 from shared.manifest import NAME as MANIFEST
+from tests.conftest import MODEL_AVERAGING
 from tests.test_federation import cfg_for, run_federation
 
-BASE = {"dp": True, "target-epsilon": 3.0, "num-server-rounds": 3}
+BASE = {**MODEL_AVERAGING, "dp": True, "target-epsilon": 3.0, "num-server-rounds": 3}
 
 
 @pytest.fixture(scope="module")
@@ -164,4 +165,4 @@ def test_the_report_is_readable_at_80_columns(honest):
     assert len(lines) == 3
     for line in lines:
         assert re.search(r"node [0-9a-f]{16} run [0-9a-f]{8}: ok; epsilon \d\.\d{4} \(recomputed \d\.\d{4}\) of "
-                         r"budget 3, user-level, delta 1e-05, prv, 3 rounds, \d+ steps", line), line
+                         r"budget 3, user-level, delta 1e-05, prv, local noise, 3 rounds, \d+ steps", line), line

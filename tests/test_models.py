@@ -15,6 +15,7 @@ from shared.interactions import InteractionData
 from shared.losses import PerSampleBCE, PerSampleMSE
 from shared.models import LOCAL_PREFIX, MODELS, build_model, global_state, local_state, merge_state
 from simulations.centralized import train_centralized
+from tests.conftest import MODEL_AVERAGING
 
 # Per-model learning rates that reach a good fit in a few epochs on the small synthetic set.
 SETTINGS = {
@@ -22,7 +23,8 @@ SETTINGS = {
     "gmf": {"lr": 0.01},
     "mlp": {"lr": 0.03, "mlp-layers": "64"},  # the seed DNN: one sigmoid hidden layer
 }
-SMALL = {"synthetic-users": 300, "synthetic-items": 400, "epochs": 5, "patience": 0, "full-rank": False}
+SMALL = {**MODEL_AVERAGING,
+         "synthetic-users": 300, "synthetic-items": 400, "epochs": 5, "patience": 0, "full-rank": False}
 
 
 @pytest.fixture(scope="module")

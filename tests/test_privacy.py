@@ -135,7 +135,8 @@ def test_clipping_bounds_each_users_contribution(data):
 
 # --- budget -------------------------------------------------------------------------------------
 def test_plan_covers_the_run_and_the_guard_refuses_beyond_it(data):
-    cfg = RunConfig(dp=True, num_server_rounds=4, target_epsilon=2.0, dp_sample_rate=0.2)
+    cfg = RunConfig(dp=True, dp_mechanism="local-sgd", dp_noise="local", num_server_rounds=4, target_epsilon=2.0,
+                    dp_sample_rate=0.2)
     plan = plan_for(cfg, data)
     history = []
     for _ in range(4):
@@ -147,7 +148,7 @@ def test_plan_covers_the_run_and_the_guard_refuses_beyond_it(data):
 
 
 def test_a_restarted_node_does_not_forget_spent_budget(tmp_path, data):
-    cfg = RunConfig(dp=True, num_server_rounds=3, target_epsilon=1.0)
+    cfg = RunConfig(dp=True, dp_mechanism="local-sgd", dp_noise="local", num_server_rounds=3, target_epsilon=1.0)
     first = PrivacyAccount(NodeStateStore(RecordDict(), tmp_path, "run1"), cfg, data)
     for rnd in (1, 2):
         first.record(rnd, first.plan.steps_per_round)
@@ -172,7 +173,8 @@ def test_empty_poisson_batches_still_take_a_noisy_step(data):
     tiny = data.subset(np.arange(3))
     empty = UserSamples(tiny, max_interactions=8, k=2, rng=numpy_rng(0)).__getitems__([])
     assert [tuple(t.shape) for t in empty] == [(0,), (0, 24), (0, 24), (0, 24)]
-    cfg = RunConfig(dp=True, model="gmf", dp_sample_rate=0.2, local_epochs=10, num_server_rounds=1, user_epochs=0)
+    cfg = RunConfig(dp=True, dp_mechanism="local-sgd", dp_noise="local", model="gmf", dp_sample_rate=0.2,
+                    local_epochs=10, num_server_rounds=1, user_epochs=0)
     plan = plan_for(cfg, tiny)
     with torch_seed(0, "m"):
         model = build_model(cfg, tiny.n_users, tiny.n_items)

@@ -17,7 +17,7 @@ from client.recommender import NodeRecommender, everything_seen
 from client.serving.source import ModelSource
 from client.state import users_fingerprint
 from fedrec.cli import main as cli_main
-from server.loop import FederatedRun
+from server.app import federated_run
 from shared import metrics, prepared
 from shared.config import RunConfig
 from shared.datasets import synthetic_tables
@@ -30,8 +30,10 @@ from shared.pseudonyms import pseudonym
 from shared.synthetic import SyntheticSpec, generate
 from simulations.centralized import train_centralized
 from simulations.inprocess import InProcessGrid, simulation_node_configs
+from tests.conftest import MODEL_AVERAGING
 
-SMALL = {"synthetic-users": 160, "synthetic-items": 240, "epochs": 2, "patience": 0, "full-rank": False, "lr": 0.01}
+SMALL = {**MODEL_AVERAGING,
+         "synthetic-users": 160, "synthetic-items": 240, "epochs": 2, "patience": 0, "full-rank": False, "lr": 0.01}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -174,7 +176,7 @@ def test_bad_options_are_refused(rec, bad):
 
 def _federate(cfg: RunConfig, node_configs):
     grid = InProcessGrid(client_app, node_configs, cfg.to_flower_config())
-    return FederatedRun(cfg, grid, 1).execute()
+    return federated_run(cfg, grid, 1).execute()
 
 
 def test_federated_simulation_run_dir_gives_each_node_its_own_users(tmp_path, monkeypatch):

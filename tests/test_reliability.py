@@ -16,8 +16,9 @@ import torch
 
 from client.app import app as client_app
 from server import checkpoint
+from server.app import federated_run
 from server.ledger import NAME as FEDERATION_LEDGER
-from server.loop import FederatedRun, InjectedFault, initial_model
+from server.loop import InjectedFault, initial_model
 from server.robust import ReplayRegistry, update_digest
 from shared.audit import audit_entries
 from shared.config import RunConfig
@@ -25,8 +26,10 @@ from shared.errors import ConfigError
 from shared.ledger import read_jsonl
 from simulations.faults import failing_partitions, hostile, node_fails
 from simulations.inprocess import InProcessGrid, simulation_node_configs
+from tests.conftest import MODEL_AVERAGING
 
-SMALL = {"synthetic-users": 200, "synthetic-items": 240, "model": "gmf", "lr": 0.01, "full-rank": False}
+SMALL = {**MODEL_AVERAGING,
+         "synthetic-users": 200, "synthetic-items": 240, "model": "gmf", "lr": 0.01, "full-rank": False}
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +49,7 @@ def make_cfg(tmp_path: Path, nodes: int, **extra) -> RunConfig:
 def federate(cfg: RunConfig, wrap=None):
     app = wrap(client_app) if wrap else client_app
     grid = InProcessGrid(app, simulation_node_configs(cfg.num_partitions), cfg.to_flower_config())
-    return FederatedRun(cfg, grid, 1).execute(), grid
+    return federated_run(cfg, grid, 1).execute(), grid
 
 
 def records(tmp_path: Path) -> list[dict]:

@@ -26,7 +26,7 @@ from shared.audit import audit_entries, audit_run
 from shared.errors import FedrecError
 from shared.ledger import read_jsonl
 from shared.manifest import NAME as MANIFEST
-from tests.conftest import REPO
+from tests.conftest import MODEL_AVERAGING, REPO
 from tests.test_reliability import federate, make_cfg, node_chains, one_thread, records
 
 __all__ = ["one_thread"]  # the autouse fixture
@@ -39,7 +39,7 @@ from pathlib import Path
 run_federation_inprocess(RunConfig.from_mapping(json.loads(sys.argv[1])), Path(sys.argv[2]))
 """
 NODES, ROUNDS = 3, 4
-DP = {"num-server-rounds": ROUNDS, "dp": True, "target-epsilon": 3.0}
+DP = {**MODEL_AVERAGING, "num-server-rounds": ROUNDS, "dp": True, "target-epsilon": 3.0}
 
 
 def checkpointed_round(run_dir: Path) -> int:

@@ -30,10 +30,11 @@ from shared.errors import FedrecError
 from shared.ledger import read_jsonl
 from simulations.driver import simulate
 from simulations.faults import failing_partitions
-from tests.conftest import REPO
+from tests.conftest import MODEL_AVERAGING, REPO
 
 pytestmark = pytest.mark.slow
-BASE = {"num-partitions": "2", "min-nodes": "2", "synthetic-users": "200", "synthetic-items": "300", "model": "gmf",
+BASE = {**{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in MODEL_AVERAGING.items()},
+        "num-partitions": "2", "min-nodes": "2", "synthetic-users": "200", "synthetic-items": "300", "model": "gmf",
         "lr": "0.01", "full-rank": "false"}
 
 

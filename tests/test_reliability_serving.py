@@ -21,8 +21,9 @@ from client.serving.server import SERVICE, start_server
 from client.serving.source import ModelSource
 from shared.config import RunConfig
 from simulations.centralized import train_centralized
+from tests.conftest import MODEL_AVERAGING
 
-SMALL = {"synthetic-users": 60, "synthetic-items": 120, "model": "gmf", "epochs": 1, "patience": 0,
+SMALL = {**MODEL_AVERAGING, "synthetic-users": 60, "synthetic-items": 120, "model": "gmf", "epochs": 1, "patience": 0,
          "full-rank": False}
 Code = grpc.StatusCode
 ALLOWED = {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.FAILED_PRECONDITION}

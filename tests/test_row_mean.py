@@ -8,6 +8,7 @@ import pytest
 from server.row_mean import changed_rows, row_mean
 from shared.config import RunConfig
 from shared.errors import ConfigError
+from tests.conftest import MODEL_AVERAGING
 
 
 def test_rows_are_averaged_over_the_nodes_that_changed_them():
@@ -43,13 +44,13 @@ def test_changed_rows_shapes():
                                    {"strategy": "fedadam"}])
 def test_row_mean_refuses_what_changes_every_row(extra):
     with pytest.raises(ConfigError, match="aggregation"):
-        RunConfig.from_mapping({"aggregation": "row-mean", **extra})
+        RunConfig.from_mapping({**MODEL_AVERAGING, "aggregation": "row-mean", **extra})
 
 
 def test_row_mean_runs_through_the_coordinator_loop(tmp_path):
     from simulations.benchmarks.common import run_federation_inprocess
 
-    cfg = RunConfig.from_mapping({
+    cfg = RunConfig.from_mapping({**MODEL_AVERAGING,
         "synthetic-users": 120, "synthetic-items": 200, "partitioner": "user-per-node", "num-partitions": 120,
         "min-nodes": 120, "model": "gmf", "embedding-dim": 8, "lr": 0.05, "local-epochs": 2, "fraction-train": 0.25,
         "num-server-rounds": 3, "eval-every": 3, "full-rank": False, "patience": 0, "max-update-norm": 1000.0,

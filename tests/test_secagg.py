@@ -19,10 +19,12 @@ from shared.config import RunConfig
 from shared.errors import ConfigError
 from shared.ledger import read_jsonl, verify_chain
 from simulations.inprocess import InProcessGrid, simulation_node_configs
+from tests.conftest import MODEL_AVERAGING
 from tests.test_wire_privacy import WireRecorder
 
 CLIP, TARGET = 8.0, 2**22  # SecAggPlusWorkflow's clipping and quantization ranges (the defaults fedrec uses)
-BASE = {"synthetic-users": 240, "synthetic-items": 300, "model": "gmf", "lr": 0.01, "num-partitions": 3,
+BASE = {**MODEL_AVERAGING,
+        "synthetic-users": 240, "synthetic-items": 300, "model": "gmf", "lr": 0.01, "num-partitions": 3,
         "min-nodes": 3, "full-rank": False, "secure-aggregation": True, "secagg-max-weight": 10000.0}
 
 

@@ -17,6 +17,7 @@ from shared.datasets import synthetic_tables
 from shared.interactions import InteractionData
 from shared.secret_random import CSPRNGGaussian, SecretRandomness
 from shared.seeding import numpy_rng, torch_generator
+from tests.conftest import MODEL_AVERAGING
 from tests.test_federation import cfg_for, run_federation
 
 
@@ -46,7 +47,8 @@ def test_fresh_sources_differ_and_zero_std_is_exactly_zero():
 # --- the coordinator's view --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def node() -> LocalNode:
-    cfg = RunConfig.from_mapping({"dp": True, "model": "gmf", "num-server-rounds": 2, "target-epsilon": 4.0,
+    cfg = RunConfig.from_mapping({**MODEL_AVERAGING,
+                                  "dp": True, "model": "gmf", "num-server-rounds": 2, "target-epsilon": 4.0,
                                   "dp-sample-rate": 0.5, "user-epochs": 0, "seed": 7, "synthetic-users": 80,
                                   "synthetic-items": 120})
     data = InteractionData.from_tables(synthetic_tables(cfg.seed, cfg.synthetic_users, cfg.synthetic_items))

@@ -29,8 +29,9 @@ from client.serving.source import ModelSource
 from shared.config import RunConfig
 from shared.rundir import RunDirectory, load_model_payload
 from simulations.centralized import train_centralized
+from tests.conftest import MODEL_AVERAGING
 
-SMALL = {"synthetic-users": 120, "synthetic-items": 200, "model": "gmf", "epochs": 2, "patience": 0,
+SMALL = {**MODEL_AVERAGING, "synthetic-users": 120, "synthetic-items": 200, "model": "gmf", "epochs": 2, "patience": 0,
          "full-rank": False, "lr": 0.01}
 Code = grpc.StatusCode
 

@@ -19,8 +19,9 @@ from deploy.certs import CertPaths, create_ca_and_server, issue_client_cert
 from shared.config import RunConfig
 from shared.errors import FedrecError
 from simulations.centralized import train_centralized
+from tests.conftest import MODEL_AVERAGING
 
-SMALL = {"synthetic-users": 60, "synthetic-items": 120, "model": "gmf", "epochs": 1, "patience": 0,
+SMALL = {**MODEL_AVERAGING, "synthetic-users": 60, "synthetic-items": 120, "model": "gmf", "epochs": 1, "patience": 0,
          "full-rank": False}
 Code = grpc.StatusCode
 

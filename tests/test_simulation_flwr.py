@@ -8,6 +8,7 @@ import torch
 
 from shared.models import LOCAL_PREFIX
 from simulations.driver import superlink_pids
+from tests.conftest import MODEL_AVERAGING
 
 
 def test_flwr_run_simulation_learns_and_cleans_up(tmp_path):
@@ -15,7 +16,8 @@ def test_flwr_run_simulation_learns_and_cleans_up(tmp_path):
 
     result = simulate(
         "synthetic",
-        {"num-server-rounds": "2", "num-partitions": "2", "min-nodes": "2", "synthetic-users": "200",
+        {**{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in MODEL_AVERAGING.items()},
+         "num-server-rounds": "2", "num-partitions": "2", "min-nodes": "2", "synthetic-users": "200",
          "synthetic-items": "300", "model": "gmf", "lr": "0.01", "full-rank": "false"},
         tmp_path / "run",
         show_progress=False,

@@ -31,6 +31,7 @@ from shared.ledger import FIELDS, read_jsonl
 from shared.models import LOCAL_PREFIX
 from shared.synthetic import SyntheticSpec, generate
 from simulations.inprocess import InProcessGrid
+from tests.conftest import MODEL_AVERAGING
 
 SECAGG_STAGE_KEYS = {"secaggplus_configs", "fitres.metrics", "fitres.num_examples", "fitres.parameters",
                      "fitres.status"}
@@ -78,7 +79,8 @@ def node_configs(data: DemoData, root: Path) -> list[dict]:
 
 
 def run(data: DemoData, root: Path, **extra) -> WireRecorder:
-    cfg = RunConfig.from_mapping({"catalog-path": str(data.catalog), "data-path": "/nonexistent-on-coordinator",
+    cfg = RunConfig.from_mapping({**MODEL_AVERAGING,
+                                  "catalog-path": str(data.catalog), "data-path": "/nonexistent-on-coordinator",
                                   "run-dir": str(root / "run"), "model": "neumf", "embedding-dim": 8,
                                   "mlp-layers": "16,8", "num-server-rounds": 2, "dp": True, "full-rank": False,
                                   "min-nodes": 2, **extra})
@@ -114,7 +116,8 @@ def test_nothing_private_leaves_a_node(federation, tmp_path, mode):
         dist = torch.cdist(torch.from_numpy(rows.astype(np.float32)), torch.from_numpy(np.concatenate(sent_rows)))
         assert float(dist.min()) > 1e-3
     # 4. structure: global arrays, scalar metrics, signed ledger entries; nothing else
-    cfg = RunConfig.from_mapping({"catalog-path": str(data.catalog), "model": "neumf", "embedding-dim": 8,
+    cfg = RunConfig.from_mapping({**MODEL_AVERAGING,
+                                  "catalog-path": str(data.catalog), "model": "neumf", "embedding-dim": 8,
                                   "mlp-layers": "16,8"})
     global_keys = set(initial_model(cfg)[0])
     for kind, _, reply in recorder.sent:

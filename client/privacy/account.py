@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from client.privacy.plan import DPPlan, plan_for, refusal
+from client.privacy.plan import DPPlan, plan_for, refusal, replan
 from client.state import NodeStateStore
 from shared.accounting import Segment, epsilon
 from shared.config import RunConfig
@@ -32,23 +32,42 @@ class PrivacyAccount:
         self.key = SigningKey.load_or_create(signing_key or store.root / "signing.key")
         self.ledger = NodeLedger(store.root / "ledger.jsonl")
 
-    def refusal(self) -> str | None:
-        """Why this node must not train another round (prospective check), or None."""
-        return refusal(self.history, self.plan)
+    def adopt_rounds(self, rounds: int, most: int) -> str | None:
+        """Train ``rounds`` rounds (the coordinator's recipe, at most ``most``): replan before the first training
+        release; a refusal reason if training already started with another number, else None."""
+        if rounds == self.plan.planned_rounds:
+            return None
+        if not 0 <= rounds <= most:
+            return f"the coordinator asks for {rounds} rounds; the run config allows 0..{most}"
+        if len(self.history) > (1 if self.plan.frequency_multiplier > 0 else 0):
+            return f"planned rounds changed from {self.plan.planned_rounds} to {rounds} after training started"
+        self.plan = replan(self.plan, self.history, rounds)
+        self.store.save_privacy({"plan": self.plan.as_dict(), "history": [list(s) for s in self.history]})
+        return None
+
+    def refusal(self, segment: Segment | None = None) -> str | None:
+        """Why this node must not make its next release (prospective check), or None."""
+        return refusal(self.history, self.plan, segment)
 
     def spent(self) -> float:
         return epsilon(self.history, self.plan.delta, self.plan.accountant)
 
-    def record(self, server_round: int, steps: int) -> dict[str, Any]:
-        """Add one round's spend: history, then a signed ledger entry. Returns the entry."""
-        self.history.append(self.plan.segment(steps))
-        self.store.save_privacy({"plan": self.plan.as_dict(), "history": [list(s) for s in self.history]})
+    def record(self, server_round: int, steps: int, *, segment: Segment | None = None, mechanism: str | None = None,
+               sensitivity: float | None = None) -> dict[str, Any]:
+        """Add one release's spend: history, then a signed ledger entry. Returns the entry.
+
+        Defaults: ``steps`` steps of the plan's training mechanism with its clip norm as sensitivity.
+        """
         p = self.plan
+        segment = segment or p.segment(steps)
+        self.history.append(segment)
+        self.store.save_privacy({"plan": p.as_dict(), "history": [list(s) for s in self.history]})
         return self.ledger.append(self.key, {
             "run_id": self.store.run_key, "round": server_round, "unit": p.unit,
-            "noise_multiplier": p.noise_multiplier, "sample_rate": p.sample_rate, "steps": steps,
-            "clip_norm": p.clip_norm, "delta": p.delta, "accountant": p.accountant, "epsilon": self.spent(),
-            "epsilon_budget": p.target_epsilon,
+            "noise_multiplier": segment[0], "sample_rate": segment[1], "steps": segment[2],
+            "clip_norm": p.clip_norm if sensitivity is None else sensitivity, "delta": p.delta,
+            "accountant": p.accountant, "epsilon": self.spent(), "epsilon_budget": p.target_epsilon,
+            "mechanism": mechanism or p.mechanism, "noise": p.noise, "noise_share": p.share,
         })
 
     def chain(self) -> list[dict[str, Any]]:

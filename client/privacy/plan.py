@@ -7,6 +7,21 @@ Opacus's PRV accountant, the tightest available; ``rdp`` as an option). Before e
 round the guard adds this round's planned steps to the node's persisted history and
 refuses if the budget would be exceeded.
 
+Mechanisms (``dp-mechanism``): ``local-sgd`` — each round the node runs DP-SGD locally
+(``local-epochs`` of Poisson-sampled steps) and the coordinator averages the models;
+``sgd`` — each round is one release: the node's clipped per-unit gradient sum over a
+Poisson sample, noised, and the coordinator steps the global model on the sum over nodes.
+With ``dp-frequency-share > 0`` the run starts with one DP item-frequency release
+(:mod:`client.privacy.releases`) planned at that share of the budget; training gets the
+rest, and is replanned once the coordinator has chosen the number of rounds.
+
+Where the noise goes (``dp-noise``, releases of the ``sgd`` mechanism and the frequency
+release): ``local`` — every node adds all of it (no one is trusted); ``central`` — the
+coordinator adds it to the sum (the coordinator is trusted); ``distributed`` — every node
+adds ``1/t`` of the variance under secure aggregation, ``t`` the number of nodes SecAgg+
+needs to reveal a sum, so any revealed sum carries at least the planned noise (trusted:
+SecAgg and at least ``t`` honest nodes).
+
 Privacy units (``privacy-unit``): ``user`` — one sample is one user's interactions on
 the node; ``interaction`` — one sample is one interaction with its negatives. ``delta``
 defaults to :func:`shared.accounting.default_delta` of the node's ``n`` units and is
@@ -16,11 +31,12 @@ never allowed above ``1/n``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
-from shared.accounting import Segment, default_delta, epsilon, plan_noise
+from shared.accounting import Segment, default_delta, epsilon, plan_noise, plan_noise_after
 from shared.config import RunConfig
 from shared.interactions import InteractionData
+from shared.secure_sum import encoded_sensitivity, quantization_levels, release_unit
 
 
 class PlanError(ValueError):
@@ -29,7 +45,7 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class DPPlan:
-    """The mechanism a node runs every round of a run (fixed up front)."""
+    """The mechanisms a node runs in a run (fixed up front); every noise multiplier is relative to its sensitivity."""
 
     unit: str
     noise_multiplier: float
@@ -42,12 +58,70 @@ class DPPlan:
     accountant: str
     target_epsilon: float
     n_units: int
+    mechanism: str = "local-sgd"
+    noise: str = "local"
+    share: float = 1.0  # fraction of the planned noise variance this node adds itself
+    frequency_multiplier: float = 0.0  # z of the DP item-frequency release (0: none)
+    frequency_cap: int = 0  # items counted per user in it
+    sensitivity: float = 0.0  # L2 sensitivity of one training release (0: clip_norm); SecAgg+ rounding included
+    frequency_sensitivity: float = 0.0  # the same for the frequency release
+    secagg_levels: int = 0  # distributed noise: the SecAgg+ quantization the sensitivities assume
+    participation: float = 1.0  # fraction of rounds the coordinator samples this node for (fraction-train)
+
+    @property
+    def release_sensitivity(self) -> float:
+        return self.sensitivity or self.clip_norm
 
     def segment(self, steps: int | None = None) -> Segment:
         return (self.noise_multiplier, self.sample_rate, self.steps_per_round if steps is None else steps)
 
+    def frequency_segment(self) -> Segment:
+        return (self.frequency_multiplier, 1.0, 1)
+
+    @property
+    def participations(self) -> int:
+        """Training rounds this node plans to take part in (see :func:`participations`)."""
+        return participations(self.planned_rounds, self.participation)
+
+    def schedule(self) -> list[Segment]:
+        """Every release the run plans: the frequency release (if any), then every participation's steps."""
+        head = [self.frequency_segment()] if self.frequency_multiplier > 0 else []
+        return head + [self.segment()] * self.participations
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def participations(rounds: int, fraction: float) -> int:
+    """Rounds a node sampled at rate ``fraction`` takes part in, planned at the mean plus 3 standard deviations.
+
+    A node spends privacy only in the rounds it trains in; the budget guard refuses any participation beyond
+    the plan, so a node sampled unusually often stops early instead of exceeding its epsilon.
+    """
+    if fraction >= 1:
+        return rounds
+    return min(rounds, math.ceil(fraction * rounds + 3 * math.sqrt(rounds * fraction * (1 - fraction))))
+
+
+def sampled_nodes(cfg: RunConfig) -> int:
+    """Nodes the coordinator samples per round as planned (SecAgg+ needs at least two)."""
+    return max(2, math.ceil(cfg.fraction_train * cfg.min_nodes))
+
+
+def noise_share(cfg: RunConfig) -> float:
+    """Fraction of the noise variance one node adds for ``dp-noise`` (distributed: 1/t at the SecAgg threshold)."""
+    if cfg.dp_noise == "local":
+        return 1.0
+    if cfg.dp_noise == "central":
+        return 0.0
+    return 1.0 / max(1, math.ceil(cfg.secagg_threshold * sampled_nodes(cfg)))
+
+
+def global_dims(cfg: RunConfig, n_items: int) -> int:
+    """How many values the global part (one gradient release) has."""
+    from shared.models import build_model, global_state
+
+    return int(sum(t.numel() for t in global_state(build_model(cfg, 1, n_items)).values()))
 
 
 def units_of(cfg: RunConfig, data: InteractionData) -> int:
@@ -65,23 +139,58 @@ def node_delta(cfg: RunConfig, n_units: int) -> float:
 
 
 def plan_for(cfg: RunConfig, data: InteractionData) -> DPPlan:
-    """Plan the noise so the whole run's planned steps meet (target-epsilon, delta)."""
+    """Plan the noise so the whole run's planned releases meet (target-epsilon, delta).
+
+    With a frequency release, it gets ``dp-frequency-share`` of the budget on its own (one Gaussian at that
+    epsilon) and training the rest, composed exactly: the training noise is the smallest that keeps the
+    frequency release plus ``num-server-rounds`` rounds within the target. :func:`replan` redoes the training
+    part for the number of rounds the coordinator's recipe chose after the frequency release.
+    """
     n_units = units_of(cfg, data)
     if n_units < 1:
         raise PlanError("a node needs data to train with DP")
-    batch = max(1, round(cfg.dp_sample_rate * n_units))
+    rate = 1.0 if cfg.dp_mechanism == "als" else cfg.dp_sample_rate  # an ALS pass uses every user
+    batch = max(1, round(rate * n_units))
     loader_len = math.ceil(n_units / batch)
     sample_rate = 1.0 / loader_len  # exactly what Opacus's Poisson loader uses
-    steps_per_round = cfg.local_epochs * loader_len
+    steps_per_round = cfg.local_epochs * loader_len if cfg.dp_mechanism == "local-sgd" else 1
     delta = node_delta(cfg, n_units)
-    z = plan_noise(cfg.target_epsilon, delta, sample_rate, steps_per_round * cfg.num_server_rounds, cfg.accountant)
+    z_freq = 0.0
+    if cfg.dp_frequency_share > 0 and cfg.dp_mechanism != "local-sgd":  # model averaging has no release round
+        z_freq = plan_noise(cfg.dp_frequency_share * cfg.target_epsilon, delta, 1.0, 1, cfg.accountant)
+    history = [(z_freq, 1.0, 1)] if z_freq else []
+    z = plan_noise_after(history, cfg.target_epsilon, delta, sample_rate,
+                         steps_per_round * participations(cfg.num_server_rounds, cfg.fraction_train), cfg.accountant)
+    unit = release_unit(cfg, "als" if cfg.dp_mechanism == "als" else "gradient")
+    sensitivity, freq_sensitivity, levels = unit, math.sqrt(cfg.dp_frequency_cap + 1), 0
+    if cfg.dp_noise == "distributed":  # what SecAgg+'s rounding adds to one node's encoded release
+        if n_units > cfg.secagg_max_users:
+            raise PlanError(f"{n_units} {cfg.privacy_unit}s exceed secagg-max-users {cfg.secagg_max_users}")
+        nodes = sampled_nodes(cfg)
+        levels = quantization_levels(nodes)
+        d = cfg.embedding_dim
+        dims = data.n_items * (d * (d + 1) // 2 + d) + d * (d + 1) // 2 if cfg.dp_mechanism == "als" else \
+            global_dims(cfg, data.n_items)
+        sensitivity = encoded_sensitivity(unit, dims, cfg.secagg_max_users, nodes)
+        freq_sensitivity = encoded_sensitivity(freq_sensitivity, data.n_items + 1, cfg.secagg_max_users, nodes)
     return DPPlan(cfg.privacy_unit, z, sample_rate, batch, steps_per_round, cfg.num_server_rounds, cfg.clip_norm,
-                  delta, cfg.accountant, cfg.target_epsilon, n_units)
+                  delta, cfg.accountant, cfg.target_epsilon, n_units, mechanism=cfg.dp_mechanism,
+                  noise=cfg.dp_noise, share=noise_share(cfg), frequency_multiplier=z_freq,
+                  frequency_cap=cfg.dp_frequency_cap if z_freq else 0, sensitivity=sensitivity,
+                  frequency_sensitivity=freq_sensitivity if z_freq else 0.0, secagg_levels=levels,
+                  participation=cfg.fraction_train)
 
 
-def refusal(history: list[Segment], plan: DPPlan) -> str | None:
-    """Why the next round must not run (prospective budget check), or None."""
-    after = epsilon([*history, plan.segment()], plan.delta, plan.accountant)
+def replan(plan: DPPlan, history: list[Segment], rounds: int) -> DPPlan:
+    """The plan for ``rounds`` training rounds after what ``history`` spent (before any training release)."""
+    z = plan_noise_after(history, plan.target_epsilon, plan.delta, plan.sample_rate,
+                         plan.steps_per_round * participations(rounds, plan.participation), plan.accountant)
+    return replace(plan, noise_multiplier=z, planned_rounds=rounds)
+
+
+def refusal(history: list[Segment], plan: DPPlan, segment: Segment | None = None) -> str | None:
+    """Why the next release (``segment``, default one round of training) must not run, or None."""
+    after = epsilon([*history, segment or plan.segment()], plan.delta, plan.accountant)
     if after > plan.target_epsilon * (1 + 1e-9):
         spent = epsilon(history, plan.delta, plan.accountant)
         return (f"privacy budget: epsilon would reach {after:.4f} > target {plan.target_epsilon:g} "

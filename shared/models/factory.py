@@ -56,7 +56,8 @@ def init_items_from_metadata(model: Recommender, features: np.ndarray, *, seed: 
 def neumf_from_pretrained(neumf: NeuMF, gmf: GMF, mlp: MLP, *, alpha: float = 0.5) -> None:
     """NCF's pretraining: NeuMF's towers from a trained GMF and a trained ReLU MLP.
 
-    The fusion layer becomes ``[alpha * h_gmf, (1 - alpha) * h_mlp]`` (He et al. 2017, Sec. 3.4.1).
+    The fusion layer becomes ``[alpha * h_gmf, (1 - alpha) * h_mlp]`` (He et al. 2017, Sec. 3.4.1), and the
+    item biases ``alpha * b_gmf + (1 - alpha) * b_mlp``.
     """
     for part in ("user_emb", "item_emb"):
         getattr(neumf, part)["gmf"].weight.copy_(getattr(gmf, part)["gmf"].weight)
@@ -64,3 +65,7 @@ def neumf_from_pretrained(neumf: NeuMF, gmf: GMF, mlp: MLP, *, alpha: float = 0.
     neumf.tower.load_state_dict(mlp.tower.state_dict())
     neumf.out.weight.copy_(torch.cat([alpha * gmf.out.weight, (1 - alpha) * mlp.out.weight], dim=1))
     neumf.out.bias.copy_(alpha * gmf.out.bias + (1 - alpha) * mlp.out.bias)
+    if neumf.item_bias is not None:  # the per-item offsets fuse like the logits they are added to
+        parts = [(w, m.item_bias.weight) for w, m in ((alpha, gmf), (1 - alpha, mlp)) if m.item_bias is not None]
+        fused = sum(w * b for w, b in parts) if parts else torch.zeros_like(neumf.item_bias.weight)
+        neumf.item_bias.weight.copy_(fused)

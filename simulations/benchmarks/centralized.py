@@ -17,7 +17,7 @@ import time
 import torch
 
 from shared.config import RunConfig
-from simulations.benchmarks import print_table, use_data_dir, write_json
+from simulations.benchmarks import NONPRIVATE, print_table, use_data_dir, write_json
 from simulations.centralized import train_centralized
 
 ANCHORS = {"neumf": "NCF NeuMF 0.730/0.447 (pretrained), 0.705/0.426 (no pretraining)",
@@ -25,10 +25,12 @@ ANCHORS = {"neumf": "NCF NeuMF 0.730/0.447 (pretrained), 0.705/0.426 (no pretrai
 # Settings chosen on ML-1M *validation* HR@10 (see README): 8 sampled negatives per positive helped every model;
 # NeuMF uses NCF's pretraining (GMF and a ReLU MLP first, each with its own validation-based stopping).
 MODELS = {
-    "neumf": {"model": "neumf", "embedding-dim": 64, "mlp-layers": "128,64,32", "lr": 0.0005, "num-negatives": 8,
+    "neumf": {**NONPRIVATE,
+              "model": "neumf", "embedding-dim": 64, "mlp-layers": "128,64,32", "lr": 0.0005, "num-negatives": 8,
               "pretrain-epochs": 8},
-    "gmf": {"model": "gmf", "embedding-dim": 64, "lr": 0.001, "num-negatives": 8},
-    "mlp": {"model": "mlp", "embedding-dim": 32, "mlp-layers": "64,32,16", "lr": 0.003, "num-negatives": 8},
+    "gmf": {**NONPRIVATE, "model": "gmf", "embedding-dim": 64, "lr": 0.001, "num-negatives": 8},
+    "mlp": {**NONPRIVATE,
+            "model": "mlp", "embedding-dim": 32, "mlp-layers": "64,32,16", "lr": 0.003, "num-negatives": 8},
 }
 DATASETS = {"ml-100k": "movielens:ml-100k", "ml-1m": "movielens:ml-1m"}
 

@@ -33,10 +33,12 @@ from shared.evaluation import score_all_items
 from shared.interactions import InteractionData
 from shared.models import build_model, merge_state
 from shared.seeding import numpy_rng
+from simulations.benchmarks import NONPRIVATE
 
 GIVEN = (5, 10, 20)
 # ML-100K: the ML-1M settings with NCF's batch 256, lr 0.005 and 20 epochs (about 0.5 s per epoch on one core)
-ML100K_GMF = {"model": "gmf", "embedding-dim": 32, "num-negatives": 4, "lr": 0.005, "batch-size": 256, "epochs": 20,
+ML100K_GMF = {**NONPRIVATE,
+              "model": "gmf", "embedding-dim": 32, "num-negatives": 4, "lr": 0.005, "batch-size": 256, "epochs": 20,
               "patience": 0, "full-rank": False, "seed": 42}
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from shared.config import RunConfig
@@ -15,17 +18,69 @@ from shared.config import RunConfig
 def run_federation_inprocess(cfg: RunConfig, run_dir: Path | None = None) -> tuple[Any, list[dict], float]:
     """The real coordinator loop and ClientApp over an in-process Grid; (summary, records, wall seconds)."""
     from client.app import app as client_app
-    from server.loop import FederatedRun
+    from server.app import federated_run
     from simulations.inprocess import InProcessGrid, simulation_node_configs
 
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="fedrec-bench-"))
     cfg = cfg.with_overrides({"run-dir": str(run_dir), "node-state-dir": cfg.node_state_dir or str(run_dir / "nodes")})
     grid = InProcessGrid(client_app, simulation_node_configs(cfg.num_partitions), cfg.to_flower_config())
     start = time.perf_counter()
-    summary = FederatedRun(cfg, grid, 1).execute()
+    summary = federated_run(cfg, grid, 1).execute()
     wall = time.perf_counter() - start
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return summary, records, wall
+
+
+# keys that name where a run writes, not what it computes
+RUN_LOCAL = {"run-dir", "node-state-dir", "resume-from"}
+
+
+def finished_run(cfg: RunConfig, run_dir: Path) -> tuple[Any, list[dict], float | None] | None:
+    """A run already finished in ``run_dir`` with exactly this configuration, read back; else None.
+
+    Lets an interrupted benchmark continue (``--work-dir`` of the earlier call) without rerunning finished points.
+    """
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())["config"]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    except (OSError, ValueError, KeyError):
+        return None
+    mine = cfg.to_flower_config()
+    if {k: v for k, v in saved.items() if k not in RUN_LOCAL} != {k: v for k, v in mine.items() if k not in RUN_LOCAL}:
+        return None
+    print(f"reusing finished run {run_dir}", flush=True)
+    if "hr10_full" not in (summary.get("test") or {}) and not cfg.full_rank:
+        # finished before the coordinator ran its full-rank test pass: resuming a finished run runs just that
+        done, records, _ = run_federation_inprocess(cfg.with_overrides({"resume-from": str(run_dir)}), run_dir)
+        return done, records, None
+    return SimpleNamespace(test=summary["test"], best_round=summary["best_round"],
+                           rounds_run=summary["rounds_run"]), records, None
+
+
+def node_peak_rss(cfg: RunConfig) -> float:
+    """Peak RSS (MB) of a fresh process that runs one node's training round (silo 0) through the ClientApp."""
+    code = f"""
+import json, resource, tempfile, torch
+torch.set_num_threads(1)
+from client.app import app
+from server.loop import initial_model
+from shared.config import RunConfig
+from simulations.inprocess import InProcessGrid
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+cfg = RunConfig.from_mapping(json.loads({json.dumps(json.dumps(cfg.to_flower_config()))}))
+cfg = cfg.with_overrides({{"node-state-dir": tempfile.mkdtemp()}})
+init, catalog = initial_model(cfg)
+grid = InProcessGrid(app, [{{"partition-id": 0, "num-partitions": cfg.num_partitions}}], cfg.to_flower_config())
+msg = Message(RecordDict({{"arrays": ArrayRecord(init), "config": ConfigRecord({{"server-round": 1, "run-key": "rss",
+              "catalog-hash": catalog}})}}), dst_node_id=1000, message_type=MessageType.TRAIN)
+reply = list(grid.send_and_receive([msg]))[0]
+assert not reply.has_error(), reply.error
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
 
 
 def peak_rss_mb() -> float:

@@ -25,16 +25,18 @@ from pathlib import Path
 import torch
 
 from shared.config import RunConfig
-from simulations.benchmarks import print_table, use_data_dir, write_json
+from simulations.benchmarks import NONPRIVATE, print_table, use_data_dir, write_json
 from simulations.benchmarks.common import run_federation_inprocess
 from simulations.centralized import train_centralized
 from simulations.driver import simulate
 
-SILO_MODEL = {"model": "neumf", "embedding-dim": 32, "mlp-layers": "64,32,16", "num-negatives": 8, "lr": 0.001,
+SILO_MODEL = {**NONPRIVATE,
+              "model": "neumf", "embedding-dim": 32, "mlp-layers": "64,32,16", "num-negatives": 8, "lr": 0.001,
               "batch-size": 256, "full-rank": False, "seed": 42}
 # One user per node: few examples per node, so several local epochs and a larger local learning rate
 # (measured on the synthetic data: 5 local epochs at lr 0.05 learn ~2x faster than 1 epoch at 0.01).
-CROSS_DEVICE = {"data-path": "movielens:ml-1m", "partitioner": "user-per-node", "model": "gmf", "embedding-dim": 32,
+CROSS_DEVICE = {**NONPRIVATE,
+                "data-path": "movielens:ml-1m", "partitioner": "user-per-node", "model": "gmf", "embedding-dim": 32,
                 "num-negatives": 4, "lr": 0.05, "local-epochs": 5, "batch-size": 64, "fraction-train": 0.1,
                 "eval-every": 10, "full-rank": False, "seed": 42, "user-lr": 0.05, "item-init": "genres",
                 "item-bias": True, "max-update-norm": 1000.0,  # 15 local Adam steps at 0.05 move ~800 rows

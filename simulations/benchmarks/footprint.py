@@ -27,8 +27,10 @@ from typing import Any
 import numpy as np
 
 from deploy.processes import descendants
+from simulations.benchmarks import NONPRIVATE
 
-SILO_RUN = {"num-server-rounds": 1, "dp": True, "min-nodes": 1, "fraction-evaluate": 1.0, "full-rank": True}
+SILO_RUN = {**NONPRIVATE,
+            "num-server-rounds": 1, "dp": True, "min-nodes": 1, "fraction-evaluate": 1.0, "full-rank": True}
 # default DP settings, and an edge setting: Opacus ghost clipping's per-user Gram matrices grow with the square of
 # dp-max-interactions, and full-rank evaluation scores every item for every user
 SETTINGS = {"default": {}, "edge": {"dp-max-interactions": 32, "full-rank": False}}
@@ -130,13 +132,13 @@ def measure_rss(work: Path, silo_dir: Path, overrides: dict[str, Any]) -> dict[s
 def run_inprocess(overrides: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
     """A federation over the in-process Grid (real ClientApp and coordinator loop); its metrics records."""
     from client.app import app as client_app
-    from server.loop import FederatedRun
+    from server.app import federated_run
     from shared.config import RunConfig
     from simulations.inprocess import InProcessGrid, simulation_node_configs
 
     cfg = RunConfig.from_mapping({**overrides, "run-dir": str(run_dir), "node-state-dir": str(run_dir / "nodes")})
     grid = InProcessGrid(client_app, simulation_node_configs(cfg.num_partitions), cfg.to_flower_config())
-    FederatedRun(cfg, grid, 1).execute()
+    federated_run(cfg, grid, 1).execute()
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 

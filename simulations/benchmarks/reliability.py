@@ -30,12 +30,14 @@ import numpy as np
 import torch
 
 from shared.config import RunConfig
-from simulations.benchmarks import print_table, use_data_dir, write_json
+from simulations.benchmarks import NONPRIVATE, print_table, use_data_dir, write_json
 
-DROPOUT_BASE = {"data-path": "movielens:ml-100k", "partitioner": "silos", "num-partitions": 10, "min-nodes": 10,
+DROPOUT_BASE = {**NONPRIVATE,
+                "data-path": "movielens:ml-100k", "partitioner": "silos", "num-partitions": 10, "min-nodes": 10,
                 "model": "gmf", "embedding-dim": 32, "num-negatives": 4, "lr": 0.01, "batch-size": 256,
                 "num-server-rounds": 20, "patience": 0, "full-rank": True, "seed": 42}
-POISON_BASE = {"synthetic-users": 600, "synthetic-items": 500, "partitioner": "silos", "num-partitions": 10,
+POISON_BASE = {**NONPRIVATE,
+               "synthetic-users": 600, "synthetic-items": 500, "partitioner": "silos", "num-partitions": 10,
                "min-nodes": 10, "model": "gmf", "lr": 0.01, "num-server-rounds": 8, "patience": 0,
                "full-rank": False, "seed": 42}
 DEFENSES = {"none (mean)": {}, "median": {"aggregation": "median"}, "trimmed-mean 0.2": {"aggregation": "trimmed-mean"},
@@ -46,13 +48,13 @@ BOOSTS = (30.0, 300.0)  # update norm ~5 (inside the benign range) and ~50 (far 
 def run_inprocess(cfg: RunConfig, run_dir: Path, wrap=None) -> tuple[Any, list[dict], Any]:
     """The coordinator loop over an in-process Grid; the ClientApp optionally wrapped (hostile nodes)."""
     from client.app import app as client_app
-    from server.loop import FederatedRun
+    from server.app import federated_run
     from simulations.inprocess import InProcessGrid, simulation_node_configs
 
     cfg = cfg.with_overrides({"run-dir": str(run_dir), "node-state-dir": str(run_dir / "nodes")})
     grid = InProcessGrid(wrap(client_app) if wrap else client_app, simulation_node_configs(cfg.num_partitions),
                          cfg.to_flower_config())
-    summary = FederatedRun(cfg, grid, 1).execute()
+    summary = federated_run(cfg, grid, 1).execute()
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return summary, records, grid
 

@@ -1,0 +1,101 @@
+"""A node's share of a noisy-sum release: DP item counts, or one clipped-gradient sum of DP-SGD.
+
+Both are sums over the node's privacy units of a per-unit contribution with bounded L2 norm
+(the sensitivity), plus this node's share of Gaussian noise of std ``z * sensitivity``
+(:func:`add_share`): all of it (``dp-noise = local``), none (``central``: the coordinator adds
+it) or ``1/t`` of its variance (``distributed``, under secure aggregation). Summed over the
+nodes — in the clear or securely — the release is one Gaussian mechanism per user.
+
+- :func:`frequency_release`: every user contributes a 0/1 indicator of at most ``k`` of its
+  training items (drawn at random, secretly) plus a 1 in a last coordinate that counts users;
+  L2 sensitivity ``sqrt(k + 1)``. It yields DP popularity, DP item biases and the DP user count
+  that normalizes the gradient of the ``sgd`` mechanism.
+- :func:`gradient_release`: Poisson-sampled users (rate ``q``), Opacus ghost clipping of each
+  user's gradient of the global part to ``clip-norm``, summed (not averaged): the coordinator
+  divides by ``q`` times the DP user count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from client.privacy.dpsgd import _clipped_sum_in_chunks, make_private
+from client.privacy.plan import DPPlan
+from client.privacy.samples import InteractionSamples, UserSamples, identity_collate
+from client.trainer import TrainSettings, make_criterion, make_optimizer
+from shared.config import RunConfig
+from shared.interactions import InteractionData
+from shared.models.base import is_local
+from shared.secret_random import SecretRandomness
+
+FREQUENCY = "frequency"
+GRADIENT = "gradient"
+
+
+def add_share(values: torch.Tensor, std: float, plan: DPPlan, randomness: SecretRandomness) -> torch.Tensor:
+    """``values`` plus this node's share of N(0, std^2): std * sqrt(share) (0 under central noise)."""
+    if plan.share <= 0 or std <= 0:
+        return values
+    return values + randomness.gaussian(values.shape, std * math.sqrt(plan.share), values.dtype)
+
+
+def frequency_sensitivity(plan: DPPlan) -> float:
+    """L2 sensitivity of the frequency release as planned (SecAgg+ rounding included under distributed noise)."""
+    return plan.frequency_sensitivity or math.sqrt(plan.frequency_cap + 1)
+
+
+def frequency_release(data: InteractionData, plan: DPPlan, randomness: SecretRandomness) -> torch.Tensor:
+    """(n_items + 1,) float64: capped item counts of this node's users, then its user count, plus noise."""
+    k = plan.frequency_cap
+    counts = np.zeros(data.n_items + 1, np.float64)
+    for u in range(data.n_users):
+        own = data.train_items[data.train_indptr[u] : data.train_indptr[u + 1]]
+        if len(own) > k:
+            own = randomness.numpy.choice(own, size=k, replace=False)
+        counts[own] += 1.0
+    counts[-1] = data.n_users
+    std = plan.frequency_multiplier * frequency_sensitivity(plan)
+    return add_share(torch.from_numpy(counts), std, plan, randomness)
+
+
+def gradient_release(model: torch.nn.Module, data: InteractionData, s: TrainSettings, plan: DPPlan,
+                     cfg: RunConfig, randomness: SecretRandomness) -> OrderedDict[str, torch.Tensor]:
+    """Sum over Poisson-sampled units of their clipped gradients of the global part, plus this node's noise share.
+
+    Keyed like the global part; parameters that are not trained (frozen item tables) come back as zeros.
+    """
+    names = [n for n, p in model.named_parameters() if not is_local(n)]
+    for name, p in model.named_parameters():
+        p.requires_grad_(plan.unit != "user" or not is_local(name))
+    rng = randomness.numpy
+    if plan.unit == "user":
+        dataset = UserSamples(data, max_interactions=cfg.dp_max_interactions, k=s.num_negatives, rng=rng)
+    else:
+        dataset = InteractionSamples(data, k=s.num_negatives, rng=rng)
+    loader = DataLoader(dataset, batch_size=plan.batch_size, collate_fn=identity_collate, generator=randomness.torch)
+    optimizer = make_optimizer(model, s)  # only its parameter list matters: nothing is stepped here
+    parts = make_private(model, optimizer, loader, make_criterion(s), noise_multiplier=0.0,
+                         clip_norm=plan.clip_norm, randomness=None)
+    parts.module.train()
+    users, items, targets, mask = next(iter(parts.loader))
+    if len(users):
+        _clipped_sum_in_chunks(parts, (users, items, targets, mask), cfg.dp_chunk_pairs)
+    params = dict(model.named_parameters())
+    std = plan.noise_multiplier * plan.release_sensitivity
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
+    for key, value in model.state_dict().items():
+        if is_local(key):
+            continue
+        grad = params[key].grad if key in params and params[key].requires_grad else None
+        clipped = grad.detach().clone() if grad is not None else torch.zeros_like(value)
+        out[key] = add_share(clipped, std, plan, randomness) if key in names else clipped
+    parts.module._close()
+    for p in model.parameters():
+        p.requires_grad_(True)
+        p.grad = None
+    return out

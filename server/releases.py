@@ -1,0 +1,215 @@
+"""The coordinator's side of noisy-sum releases (``dp-mechanism = "sgd"``): sum, noise, step.
+
+Round 0 is the DP item-frequency release: the summed noisy counts give DP popularity (kept in
+the run directory, ``dp_item_counts.npy``: the private floor), the DP user count ``N`` and the
+item biases' starting point ``log(1 + count) - mean``. Every round after is one DP-SGD step:
+the nodes' clipped-gradient sums, summed over nodes (in the clear, or by SecAgg+ through
+:class:`server.secagg.SecAggReleases`), plus the coordinator's noise under ``dp-noise =
+central``, divided by the expected batch ``q * N``, drive a momentum SGD step (``dp-server-lr``,
+``dp-server-momentum``) of the global part; item rows whose DP count is below
+``dp-train-min-count`` keep their public (genre) initialisation. Everything here is
+post-processing of the releases, so it costs no privacy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+
+from server.guard import RoundReport, collect_privacy, reply_problem
+from server.loop import FederatedRun
+from shared.atomic import atomic_write_bytes
+from shared.config import RunConfig
+from shared.secret_random import SecretRandomness
+
+log = logging.getLogger("flwr")
+COUNTS = "counts"
+ROUNDS = "rounds"
+STATE = "dp-release"  # key of the release state in the checkpoint's strategy state
+BIAS = "item_bias.weight"
+# The recipe's rounds: with rho = epsilon * q * N (N the DP user count), one round per RHO_PER_ROUND, capped by
+# num-server-rounds; below RHO_MIN the noise would drown any training and the run releases the floor model
+# (DP item biases on public genre vectors). Calibrated on the synthetic data and ML-1M (README, "DP recipe").
+RHO_PER_ROUND = 1000.0
+RHO_MIN = 1500.0
+
+
+def training_rounds(cfg: RunConfig, users: float) -> int:
+    """Rounds to train, from public settings and the DP user count only (no privacy cost)."""
+    rho = cfg.target_epsilon * cfg.dp_sample_rate * users
+    if rho < RHO_MIN:
+        return 0
+    if cfg.dp_mechanism == "als":
+        return cfg.num_server_rounds
+    return int(min(cfg.num_server_rounds, max(1, round(rho / RHO_PER_ROUND))))
+
+
+class Releases:
+    """Release state of a run: DP counts, user count and the server optimizer's momentum."""
+
+    def __init__(self, state: dict[str, np.ndarray] | None = None) -> None:
+        state = state or {}
+        self.counts: np.ndarray | None = state.get(COUNTS)
+        self.rounds: int | None = int(state[ROUNDS][0]) if ROUNDS in state else None
+        self.momentum = {k[2:]: v for k, v in state.items() if k.startswith("m:")}
+
+    def state(self) -> dict[str, np.ndarray]:
+        out = {f"m:{k}": v for k, v in self.momentum.items()}
+        if self.counts is not None:
+            out[COUNTS] = self.counts
+        if self.rounds is not None:
+            out[ROUNDS] = np.array([self.rounds])
+        return out
+
+    @property
+    def users(self) -> float:
+        """The DP user count (at least 1)."""
+        return max(float(self.counts[-1]), 1.0) if self.counts is not None else 1.0
+
+
+class ReleaseRun(FederatedRun):
+    """A federated run whose rounds are noisy-sum releases (DP-SGD with the noise on the sum)."""
+
+    def _restore_extra(self, state: dict) -> None:
+        self.releases = Releases(state.pop(STATE, None))
+
+    def _extra_state(self) -> dict:
+        return {STATE: self.releases.state()}
+
+    # --- one release: send, collect, validate, sum ---------------------------------------------
+    def _sum(self, rnd: int, arrays: ArrayRecord, reference: dict[str, np.ndarray], config: dict[str, Any]):
+        """Sum of the valid replies' arrays (plus central noise later); (sum, report)."""
+        messages = self.strategy.configure_train(rnd, arrays, ConfigRecord(config), self.grid)
+        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+        report = RoundReport(sampled=len(messages), bytes_down=arrays.count_bytes())
+        total = {k: np.zeros_like(v, dtype=np.float64) for k, v in reference.items()}
+        multipliers, seconds = [], []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                report.failed.append((node, msg.error.reason))
+                log.warning("round %d: node %d did not release: %s", rnd, node, msg.error.reason)
+                continue
+            collect_privacy(msg, node, report)
+            problem = reply_problem(msg, reference, math.inf)
+            if problem:
+                report.rejected.append((node, problem))
+                log.warning("round %d: rejected release of node %d: %s", rnd, node, problem)
+                continue
+            record = next(iter(msg.content.array_records.values()))
+            for key in total:
+                total[key] += record[key].numpy()
+            report.accepted.append(node)
+            report.bytes_up.append(record.count_bytes())
+            metrics = next(iter(msg.content.metric_records.values()))
+            multipliers.append(float(metrics.get("noise-multiplier", 0.0)))
+            seconds.append(float(metrics.get("train-seconds", 0.0)))
+        report.seconds = max(seconds, default=None)
+        return total, report, max(multipliers, default=0.0)
+
+    def _central_noise(self, total: dict[str, np.ndarray], z: float, sensitivity: float) -> None:
+        if self.cfg.dp_noise != "central" or z <= 0:
+            return
+        randomness = SecretRandomness.fresh()
+        for value in total.values():
+            value += randomness.noise.gaussian(value.shape, z * sensitivity, torch.float64).numpy()
+
+    # --- round 0: DP item counts -------------------------------------------------------------
+    def _before_rounds(self, arrays: ArrayRecord, catalog_hash: str, run_key: str) -> ArrayRecord:
+        if self.releases.counts is not None or self.cfg.dp_frequency_share <= 0:
+            return arrays
+        n_items = next(a for k, a in arrays.items() if k.startswith("item_emb.")).numpy().shape[0]
+        reference = {COUNTS: np.zeros(n_items + 1, np.float64)}
+        config = {"run-key": run_key, "catalog-hash": catalog_hash, "release": "frequency"}
+        total, report, z = self._sum(0, arrays, reference, config)
+        self._central_noise(total, z, math.sqrt(self.cfg.dp_frequency_cap + 1))
+        self._log_ledgers(0, report)
+        if not report.accepted:
+            log.warning("[fedrec] no node released its item counts: item biases start at zero")
+            return arrays
+        self.releases.counts = total[COUNTS]
+        self.releases.rounds = training_rounds(self.cfg, self.releases.users)
+        log.info("[fedrec] DP item counts released by %d node(s); DP user count %.0f; recipe: %d training round(s)",
+                 len(report.accepted), self.releases.users, self.releases.rounds)
+        if self.releases.rounds == 0:  # too little data to train at this epsilon: the rest goes to the counts
+            log.info("[fedrec] too little data for this epsilon: the rest of the budget goes to a second release of "
+                     "the item counts and the floor model (public genre vectors, DP item biases) is released")
+            again, report2, z2 = self._sum(0, arrays, reference, {**config, "final": True})
+            self._central_noise(again, z2, math.sqrt(self.cfg.dp_frequency_cap + 1))
+            self._log_ledgers(0, report2)
+            if report2.accepted and z > 0 and z2 > 0:  # inverse-variance weighted: same sensitivity, noise z and z2
+                w1, w2 = 1 / z**2, 1 / z2**2
+                self.releases.counts = (w1 * total[COUNTS] + w2 * again[COUNTS]) / (w1 + w2)
+        _save_npy(self.run_dir / "dp_item_counts.npy", self.releases.counts[:-1])
+        out = {k: a.numpy() for k, a in arrays.items()}
+        if BIAS in out:  # start every item's bias at its DP log-popularity (post-processing)
+            log_counts = np.log1p(np.clip(self.releases.counts[:-1], 0, None))
+            out[BIAS] = (log_counts - log_counts.mean()).astype(out[BIAS].dtype).reshape(out[BIAS].shape)
+        return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()})
+
+    def _last_round(self) -> int:
+        return self.cfg.num_server_rounds if self.releases.rounds is None else self.releases.rounds
+
+    def _log_ledgers(self, rnd: int, report: RoundReport) -> None:
+        received = [e for node, lines in report.ledgers.items() for e in self.ledger.update(node, lines)]
+        self.ledger.save()
+        self.manifest.record_round(rnd, received)
+
+    # --- rounds 1..T: one DP-SGD step each ---------------------------------------------------
+    def _train_round(self, rnd: int, arrays: ArrayRecord, catalog_hash: str, run_key: str):
+        cfg = self.cfg
+        reference = {k: np.zeros_like(a.numpy()) for k, a in arrays.items()}
+        config = {"run-key": run_key, "catalog-hash": catalog_hash, "release": "gradient",
+                  "planned-rounds": self._last_round()}
+        total, report, z = self._sum(rnd, arrays, reference, config)
+        self._central_noise(total, z, cfg.clip_norm)
+        self._log_ledgers(rnd, report)
+        record = self._record(rnd, report)
+        if not report.accepted:
+            log.warning("[fedrec] round %d: no release; the global model is unchanged", rnd)
+            return record, arrays
+        batch = max(cfg.dp_sample_rate * self.releases.users, 1.0)
+        frozen = self._frozen_rows()
+        new = {}
+        for key, value in arrays.items():
+            grad = total[key] / batch
+            if frozen is not None and key.startswith("item_emb."):
+                grad[frozen] = 0.0
+            m = self.releases.momentum.get(key)
+            m = grad if m is None else cfg.dp_server_momentum * m + grad
+            self.releases.momentum[key] = m
+            old = value.numpy()
+            new[key] = torch.from_numpy((old - cfg.dp_server_lr * m).astype(old.dtype))
+        return record, ArrayRecord(new)
+
+    def _frozen_rows(self) -> np.ndarray | None:
+        if self.cfg.dp_train_min_count <= 0 or self.releases.counts is None:
+            return None
+        return self.releases.counts[:-1] < self.cfg.dp_train_min_count
+
+    def _record(self, rnd: int, report: RoundReport) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "round": rnd, "sampled": report.sampled, "answered": len(report.accepted) + len(report.rejected),
+            "missing": max(report.sampled - len(report.accepted) - len(report.rejected) - len(report.failed), 0),
+            "nodes": sorted(report.accepted), "rejected": [[n, why] for n, why in report.rejected],
+            "failed": [[n, why] for n, why in report.failed], "bytes_down_per_node": report.bytes_down,
+            "bytes_up_per_node": float(np.mean(report.bytes_up)) if report.bytes_up else 0.0,
+            "train_loss": None, "train_examples": 0, "train_seconds_max": getattr(report, "seconds", None),
+        }
+        if report.epsilons:
+            record["epsilon_max"] = max(report.epsilons.values())
+        return record
+
+
+def _save_npy(path: Path, values: np.ndarray) -> None:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, values)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,81 @@
+"""The private floors of the privacy-utility curve: DP popularity and the genre-only model.
+
+Both cost exactly one DP item-frequency release (:func:`client.privacy.releases.frequency_release`:
+each user's at most ``dp-frequency-cap`` items and a user count, L2 sensitivity ``sqrt(k + 1)``)
+with the whole budget on it and the noise on the sum over the silos (as ``dp-noise = central``,
+and ``distributed`` at its threshold up to a factor ``sqrt(n/t)`` of std). Summing the nodes'
+capped counts is what the federation computes; doing it here over all users gives the same
+release in one process.
+
+- ``popularity``: every user gets the items with the highest DP counts (seen items excluded).
+- ``genres``: GMF whose item vectors are the public genre initialisation and whose item biases are
+  ``log(1 + DP count)`` (centred), with ``h = 1``; each user's vector is fitted locally and
+  noise-free to its own interactions (``user-epochs`` passes at ``user-lr``), as a node does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from client.privacy.plan import DPPlan
+from client.privacy.releases import frequency_release
+from client.trainer import TrainSettings, train_user_rows
+from shared.accounting import epsilon as account
+from shared.accounting import plan_noise
+from shared.config import RunConfig
+from shared.datasets import load_tables
+from shared.evaluation import evaluate_ranking
+from shared.interactions import InteractionData
+from shared.models import build_model, init_items_from_metadata
+from shared.prepared import genre_matrix
+from shared.secret_random import SecretRandomness
+
+FIT_EPOCHS = 5  # noise-free local passes that fit each user's vector to the public item side
+
+
+def floor_point(kind: str, eps: float, values: dict[str, Any], work: Path) -> dict[str, Any]:
+    """One point of a floor: release the DP counts at ``eps``, build the floor model, evaluate on test."""
+    start = time.perf_counter()
+    cfg = RunConfig.from_mapping({**values, "dp": True, "target-epsilon": eps, "dp-mechanism": "sgd",
+                                  "dp-frequency-share": 0.1})
+    tables = load_tables(cfg.data_path, seed=cfg.seed)
+    data = InteractionData.from_tables(tables)
+    k = cfg.dp_frequency_cap
+    z = plan_noise(eps, cfg.delta, 1.0, 1, cfg.accountant)
+    plan = DPPlan("user", 0.0, 1.0, 1, 1, 1, cfg.clip_norm, cfg.delta, cfg.accountant, eps, data.n_users,
+                  mechanism="sgd", noise="central", share=1.0, frequency_multiplier=z, frequency_cap=k)
+    counts = frequency_release(data, plan, SecretRandomness.fresh()).numpy()[:-1]
+    model = build_model(replace(cfg, item_bias=True), data.n_users, data.n_items)
+    with torch.no_grad():
+        for table in model.user_emb.values():
+            table.weight.zero_()
+        model.out.weight.fill_(0.0 if kind == "popularity" else 1.0)
+        model.out.bias.zero_()
+        if kind == "popularity":
+            model.item_bias.weight[:, 0] = torch.from_numpy(counts.astype(np.float32))
+        else:
+            init_items_from_metadata(model, genre_matrix(tables), seed=cfg.seed)
+            log_counts = np.log1p(np.clip(counts, 0, None))
+            model.item_bias.weight[:, 0] = torch.from_numpy((log_counts - log_counts.mean()).astype(np.float32))
+    if kind == "genres":
+        settings = TrainSettings.from_config(cfg)
+        rng = np.random.default_rng(cfg.seed)
+        with torch.no_grad():
+            for table in model.user_emb.values():
+                table.weight.normal_(0.0, 0.01)
+        train_user_rows(model, data, settings, epochs=FIT_EPOCHS, lr=max(cfg.user_lr, 0.01), rng=rng)
+    test = evaluate_ranking(model, data, "test", k=cfg.top_k, full_rank=True).means(cfg.top_k)
+    return {
+        "unit": "user", "mechanism": kind, "epsilon": account([(z, 1.0, 1)], cfg.delta, cfg.accountant),
+        "target_epsilon": eps, "delta": cfg.delta, "accountant": cfg.accountant, "noise": "central (sum)",
+        "steps": 1, "hr10": test["hr10"], "ndcg10": test["ndcg10"], "hr10_full": test.get("hr10_full"),
+        "ndcg10_full": test.get("ndcg10_full"), "best_round": None, "rounds": 0, "round_seconds": None,
+        "peak_rss_mb": None, "wall_seconds": time.perf_counter() - start, "frequency_noise_std": z * math.sqrt(k + 1),
+    }

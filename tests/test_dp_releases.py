@@ -1,0 +1,245 @@
+"""Noisy-sum releases (dp-mechanism = sgd): exact sums without noise, bounded sensitivity, planned noise, audit."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
+from typer.testing import CliRunner
+
+from client.app import app as client_app
+from client.privacy import plan_for
+from client.privacy.releases import add_share, frequency_release, gradient_release
+from client.trainer import TrainSettings, make_criterion
+from fedrec.cli import app
+from server.app import federated_run
+from server.ledger import NAME
+from shared.config import RunConfig
+from shared.datasets import synthetic_tables
+from shared.errors import ConfigError
+from shared.interactions import InteractionData
+from shared.ledger import read_jsonl
+from shared.models import build_model
+from shared.models.base import is_local
+from shared.secret_random import SecretRandomness
+from shared.secure_sum import encoded_sensitivity, quantization_levels
+from simulations.inprocess import InProcessGrid, simulation_node_configs
+
+RELEASES = {"dp": True, "dp-mechanism": "sgd", "dp-frequency-share": 0.1, "dp-sample-rate": 1.0, "model": "gmf",
+            "item-bias": True, "embedding-dim": 8, "clip-norm": 0.1, "user-epochs": 0}
+
+
+@pytest.fixture(scope="module")
+def data() -> InteractionData:
+    return InteractionData.from_tables(synthetic_tables(3, 60, 80))
+
+
+def heavy_and_light() -> InteractionData:
+    """Two users: one with 500 interactions, one with 5."""
+    return InteractionData(
+        user_ids=np.array(["a", "b"], dtype=object), n_items=600,
+        train_indptr=np.array([0, 500, 505]), train_items=np.r_[np.arange(500), np.arange(5)],
+        train_values=np.ones(505, np.float32), val_item=np.full(2, -1), val_value=np.zeros(2, np.float32),
+        test_item=np.full(2, -1), test_value=np.zeros(2, np.float32),
+        val_negatives=np.full((2, 99), -1), test_negatives=np.full((2, 99), -1))
+
+
+def noiseless(cfg: RunConfig, data: InteractionData):
+    plan = plan_for(cfg, data)
+    from dataclasses import replace
+
+    return replace(plan, noise_multiplier=0.0, frequency_multiplier=0.0)
+
+
+# --- zero noise: the release is exactly the non-private sum ----------------------------------------
+def test_gradient_release_without_noise_is_the_sum_of_clipped_per_user_gradients(data, monkeypatch):
+    import client.privacy.releases as releases
+
+    cfg = RunConfig.from_mapping({**RELEASES, "dp-max-interactions": 1000, "target-epsilon": 4.0})
+    plan = noiseless(cfg, data)
+    s = TrainSettings.from_config(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, data.n_users, data.n_items)
+    reference = build_model(cfg, data.n_users, data.n_items)
+    reference.load_state_dict(model.state_dict())
+    seen = []
+    chunked = releases._clipped_sum_in_chunks
+    monkeypatch.setattr(releases, "_clipped_sum_in_chunks", lambda parts, batch, n: seen.append(batch) or
+                        chunked(parts, batch, n))
+    released = gradient_release(model, data, s, plan, cfg, SecretRandomness.fresh())
+    users, items, targets, mask = seen[0]
+    assert len(users) == data.n_users  # q = 1: every user is in the (one) Poisson batch
+    # the same samples, one user at a time, clipped by hand
+    crit = make_criterion(s, "none")
+    total = {k: torch.zeros_like(v) for k, v in reference.state_dict().items() if not is_local(k)}
+    for u in range(len(users)):
+        reference.zero_grad()
+        crit(reference(users[u : u + 1], items[u : u + 1]), targets[u : u + 1], mask[u : u + 1]).sum().backward()
+        grads = {n: p.grad for n, p in reference.named_parameters() if not is_local(n)}
+        norm = math.sqrt(sum(float((g**2).sum()) for g in grads.values()))
+        for n, g in grads.items():
+            total[n] += g * min(1.0, cfg.clip_norm / norm)
+    for key in total:
+        assert torch.allclose(released[key], total[key], atol=1e-6), key
+
+
+def test_frequency_release_without_noise_counts_capped_items_and_users(data):
+    cfg = RunConfig.from_mapping({**RELEASES, "dp-frequency-cap": 7})
+    plan = noiseless(cfg, data)
+    counts = frequency_release(data, plan, SecretRandomness.fresh()).numpy()
+    assert counts[-1] == data.n_users
+    capped = np.minimum(data.train_counts(), 7)
+    assert counts[:-1].sum() == capped.sum() and counts[:-1].max() <= data.n_users
+
+
+# --- sensitivity: one user moves a release by at most its bound, however much data it has ------------
+def test_sensitivity_holds_for_users_with_5_and_500_interactions():
+    data = heavy_and_light()
+    cfg = RunConfig.from_mapping({**RELEASES, "dp-max-interactions": 600, "dp-frequency-cap": 50})
+    plan = noiseless(cfg, data)
+    for user in (0, 1):
+        alone = data.subset(np.array([user]))
+        counts = frequency_release(alone, plan, SecretRandomness.fresh()).numpy()
+        assert np.linalg.norm(counts) <= math.sqrt(plan.frequency_cap + 1) + 1e-9
+        torch.manual_seed(0)
+        model = build_model(cfg, 1, data.n_items)
+        sums = gradient_release(model, alone, TrainSettings.from_config(cfg), plan, cfg, SecretRandomness.fresh())
+        norm = math.sqrt(sum(float((v.double() ** 2).sum()) for v in sums.values()))
+        assert norm == pytest.approx(cfg.clip_norm, rel=1e-4)  # both users' raw gradients exceed C: both = C
+
+
+# --- where the noise goes ---------------------------------------------------------------------------
+def test_distributed_shares_sum_to_the_planned_variance():
+    """t nodes each adding std * sqrt(1/t): their sum has exactly the planned std (measured over many draws)."""
+    cfg = RunConfig.from_mapping({**RELEASES, "dp-noise": "distributed", "secure-aggregation": True,
+                                  "min-nodes": 5, "secagg-threshold": 0.6})
+    plan = plan_for(cfg, InteractionData.from_tables(synthetic_tables(1, 30, 40)))
+    t = math.ceil(0.6 * 5)
+    assert plan.share == pytest.approx(1 / t)
+    total = sum(add_share(torch.zeros(200_000, dtype=torch.float64), 2.0, plan, SecretRandomness.fresh())
+                for _ in range(t))
+    assert float(total.std()) == pytest.approx(2.0, rel=0.01)
+    # SecAgg+'s rounding is in the planned sensitivity, with the quantization the coordinator will use
+    dims = 40 * 8 + 40 + 8 + 1
+    assert plan.sensitivity == pytest.approx(encoded_sensitivity(0.1, dims, cfg.secagg_max_users, 5))
+    assert plan.sensitivity > cfg.clip_norm and plan.secagg_levels == quantization_levels(5)
+
+
+def test_configurations_that_would_void_the_guarantee_are_refused():
+    from server.secagg import SecAggReleases
+
+    # distributed noise needs secure aggregation, so it always runs its releases over SecAgg+
+    cfg = RunConfig.from_mapping({**RELEASES, "dp-noise": "distributed", "secure-aggregation": False, "min-nodes": 3})
+    assert isinstance(federated_run(cfg, InProcessGrid(client_app, [], cfg.to_flower_config()), 1), SecAggReleases)
+    with pytest.raises(ConfigError, match="dp-noise"):
+        RunConfig.from_mapping({"dp": True, "dp-mechanism": "local-sgd", "dp-noise": "central"})  # noise inside
+    with pytest.raises(ConfigError, match="dp-frequency-share"):
+        RunConfig.from_mapping({**RELEASES, "dp-frequency-share": 0.0})
+
+
+# --- end to end: ledgers, audit, central and distributed noise, a dropout ------------------------------
+# rho = epsilon * q * N = 8 * 400 = 3200: enough data for the recipe to train all 3 rounds
+SMALL = {**RELEASES, "synthetic-users": 400, "synthetic-items": 120, "num-partitions": 3, "min-nodes": 3,
+         "num-server-rounds": 3, "full-rank": False, "dp-server-lr": 5.0, "target-epsilon": 8.0}
+
+
+def run(tmp_path, drop=None, **extra):
+    cfg = RunConfig.from_mapping({**SMALL, **extra, "run-dir": str(tmp_path / "run"),
+                                  "node-state-dir": str(tmp_path / "nodes")})
+    grid = InProcessGrid(client_app, simulation_node_configs(3), cfg.to_flower_config(), drop=drop)
+    return federated_run(cfg, grid, 1).execute()
+
+
+@pytest.mark.parametrize("noise", ["central", "local"])
+def test_releases_reach_the_ledger_and_audit_clean(tmp_path, noise):
+    summary = run(tmp_path, **{"dp-noise": noise})
+    entries = read_jsonl(tmp_path / "run" / NAME)
+    by_node: dict[str, list] = {}
+    for e in entries:
+        by_node.setdefault(e["node_key_id"], []).append(e)
+    assert len(by_node) == 3
+    for chain in by_node.values():
+        assert [e["mechanism"] for e in chain] == ["frequency", "gradient", "gradient", "gradient"]
+        assert [e["round"] for e in chain] == [0, 1, 2, 3] and all(e["noise"] == noise for e in chain)
+        assert chain[-1]["epsilon"] <= 8.0 and chain[-1]["epsilon"] > 7.8  # the plan spends the budget
+    assert np.load(tmp_path / "run" / "dp_item_counts.npy").shape == (120,)
+    result = CliRunner().invoke(app, ["audit", str(tmp_path / "run" / NAME), "--budget", "8.0"])
+    assert result.exit_code == 0, result.output
+    assert summary.test["hr10"] > 0
+
+
+def test_distributed_noise_under_secagg_with_a_dropout_meets_its_claim(tmp_path):
+    """One node drops before sending its masked vector: the other two (>= the threshold) still reveal a sum
+    carrying at least the planned noise; the dropped node spent nothing in that round; the audit is clean."""
+
+    def drop(msg) -> bool:
+        stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get("stage")
+        config = msg.content.config_records.get("fitins.config", {})
+        return (msg.metadata.dst_node_id == 1001 and stage in (Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
+                and config.get("server-round", 0) == 2)
+
+    run(tmp_path, drop=drop, **{"dp-noise": "distributed", "secure-aggregation": True})
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    plan_share = 1 / math.ceil(0.6 * 3)
+    for r in records:
+        assert len(r["nodes"]) * plan_share >= 1  # included nodes x share >= 1: the planned variance at least
+    entries = read_jsonl(tmp_path / "run" / NAME)
+    assert records[1]["nodes"] == [1000, 1002] and records[1]["failed"] == [[1001, "no reply (dropped out)"]]
+    rounds = sorted(e["round"] for e in entries)
+    assert rounds.count(0) == 3 and rounds.count(1) == 3 and rounds.count(2) == 2 and rounds.count(3) == 3
+    result = CliRunner().invoke(app, ["audit", str(tmp_path / "run" / NAME)])
+    assert result.exit_code == 0, result.output
+
+
+# --- DP alternating least squares ---------------------------------------------------------------
+def test_als_statistics_without_noise_are_the_exact_sums_and_bounded_per_user(data):
+    from client.privacy.als import als_release, als_sensitivity, solve_users
+
+    cfg = RunConfig.from_mapping({**RELEASES, "dp-mechanism": "als", "item-bias": False, "dp-max-interactions": 5})
+    plan = noiseless(cfg, data)
+    items = np.random.default_rng(0).normal(0, 0.3, (data.n_items, 8))
+    stats, users = als_release(data, items, plan, cfg, SecretRandomness.fresh())
+    assert np.allclose(users, solve_users(data, items, cfg))
+    clipped = users / np.maximum(np.linalg.norm(users, axis=1, keepdims=True), 1.0)
+    rows, cols = np.triu_indices(8)
+    assert np.allclose(stats["global-gram"].numpy(), (clipped.T @ clipped)[rows, cols])
+    # the traces of all item Grams: each user's squared factor norm once per counted (capped) item
+    traces = stats["gram"].numpy()[:, rows == cols].sum()
+    assert np.isclose(traces, (np.linalg.norm(clipped, axis=1) ** 2 * np.minimum(data.train_counts(), 5)).sum())
+    assert np.allclose(stats["rhs"].numpy().sum(axis=0), (clipped * np.minimum(data.train_counts(), 5)[:, None]
+                                                          ).sum(axis=0))
+    # one user alone (500 or 5 interactions) moves the statistics by at most sqrt(2k + 1)
+    heavy = heavy_and_light()
+    for user in (0, 1):
+        alone = heavy.subset(np.array([user]))
+        one, _ = als_release(alone, np.random.default_rng(1).normal(0, 1.0, (600, 8)), plan, cfg,
+                             SecretRandomness.fresh())
+        norm = math.sqrt(sum(float((v**2).sum()) for v in one.values()))
+        assert norm <= als_sensitivity(5) + 1e-9
+
+
+def test_als_without_noise_learns_and_its_passes_audit_clean(tmp_path):
+    summary = run(tmp_path, **{"dp-mechanism": "als", "item-bias": False, "dp-noise": "central",
+                                "target-epsilon": 50.0})
+    entries = read_jsonl(tmp_path / "run" / NAME)
+    assert {e["mechanism"] for e in entries} == {"frequency", "als"}
+    assert CliRunner().invoke(app, ["audit", str(tmp_path / "run" / NAME)]).exit_code == 0
+    assert summary.test["hr10"] > 0.3  # well above a random ranking (0.1) after 3 passes
+
+
+def test_too_little_data_for_the_budget_releases_the_floor_model_with_the_whole_budget(tmp_path):
+    """rho = epsilon * q * N below the threshold: no training round; the rest of the budget re-releases the item
+    counts, the floor model (genre vectors, DP item biases) is evaluated and the run spends exactly its budget."""
+    from server.releases import RHO_MIN
+
+    summary = run(tmp_path, **{"dp-noise": "central", "synthetic-users": 90, "target-epsilon": 2.0})
+    assert RHO_MIN > 2.0 * 90 and summary.rounds_run == 0
+    entries = read_jsonl(tmp_path / "run" / NAME)
+    assert {e["mechanism"] for e in entries} == {"frequency"} and {e["round"] for e in entries} == {0}
+    assert len(entries) == 6 and max(e["epsilon"] for e in entries) == pytest.approx(2.0, abs=0.03)
+    assert summary.test is not None and summary.test["hr10"] > 0.15  # the floor, not a random ranking (0.10)
+    assert CliRunner().invoke(app, ["audit", str(tmp_path / "run" / NAME)]).exit_code == 0
