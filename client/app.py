@@ -9,25 +9,20 @@ ledger chain of the run (as float16 with ``update-compression = "fp16"``; SecAgg
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import time
 from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from client.node import LocalNode
-from client.node_data import resolve_node_data
-from client.privacy import PlanError, PrivacyAccount
-from client.state import NodeStateStore, default_state_dir, users_fingerprint
-from shared.accounting import plan_noise_after
+from client.local import REFUSED, Refusal, node_setup, release_locally, train_locally
+from client.secagg import handle_train
+from client.state import users_fingerprint
 from shared.config import RunConfig
-from simulations.faults import fault_mod  # fault-dropout / fault-mode (off by default)
 
 log = logging.getLogger("flwr")
 
@@ -40,126 +35,11 @@ def node_level_clipping(msg: Message, context: Context, call_next) -> Message:
     return call_next(msg, context)
 
 
-app = ClientApp(mods=[fault_mod, node_level_clipping])
-
-REFUSED = 4001  # error code of a deliberate refusal (budget exhausted, wrong catalog, ...)
-SECAGG_RECORD = "secaggplus_configs"  # flwr's SecAgg+ stage record (secure-aggregation = true)
-
-
-class Refusal(Exception):
-    """A deliberate refusal to train; the reason goes back to the coordinator."""
-
-
-@dataclass(frozen=True)
-class LocalUpdate:
-    """What one local training round releases: the global part, metrics, the node's ledger chain (DP)."""
-
-    global_part: OrderedDict[str, torch.Tensor]
-    metrics: dict[str, int | float]
-    ledger: list[dict] | None
-
-
-def _setup(msg: Message, context: Context) -> tuple[RunConfig, LocalNode, NodeStateStore, str, dict]:
-    return node_setup(dict(msg.content["config"]), context)
-
-
-def node_setup(config: dict, context: Context) -> tuple[RunConfig, LocalNode, NodeStateStore, str, dict]:
-    """Run config, this node's data and state store for a coordinator instruction's ``config``."""
-    cfg = RunConfig.from_mapping(context.run_config)
-    torch.set_num_threads(cfg.client_threads)
-    nd = resolve_node_data(cfg, context.node_config)
-    state_dir = context.node_config.get("state-dir") or (
-        f"{cfg.node_state_dir}/{nd.node_key}" if cfg.node_state_dir else default_state_dir(nd.node_key)
-    )
-    store = NodeStateStore(context.state, state_dir, str(config.get("run-key", context.run_id)))
-    return cfg, LocalNode(cfg, nd.data, nd.value_range, nd.node_key), store, nd.catalog_hash, config
-
+app = ClientApp(mods=[node_level_clipping])
 
 def _refuse(msg: Message, reason: str) -> Message:
     log.warning("node refuses %s: %s", msg.metadata.message_type, reason)
     return Message(Error(code=REFUSED, reason=reason), reply_to=msg)
-
-
-def train_locally(config: dict, global_part: dict[str, torch.Tensor], context: Context) -> LocalUpdate:
-    """One local round (DP-SGD when ``dp``), with or without secure aggregation; raises :class:`Refusal`."""
-    cfg, node, store, catalog_hash, config = node_setup(config, context)
-    if config.get("catalog-hash", catalog_hash) != catalog_hash:
-        raise Refusal(f"item catalog differs: node has {catalog_hash[:16]}…")
-    server_round = int(config["server-round"])
-    if cfg.dp and cfg.dp_mechanism == "sgd":
-        raise Refusal("dp-mechanism = sgd: this node only answers release instructions, not local training")
-    account = None
-    if cfg.dp and cfg.privacy_unit in ("user", "interaction"):
-        try:
-            account = PrivacyAccount(store, cfg, node.data, context.node_config.get("signing-key"))
-        except PlanError as exc:
-            raise Refusal(f"no DP plan: {exc}") from None
-        if reason := account.refusal():
-            raise Refusal(reason)
-    fingerprint = users_fingerprint(node.data.user_ids)
-    outcome = node.train_round(
-        global_part, store.load_local(fingerprint), server_round,
-        proximal_mu=float(config.get("proximal-mu", 0.0)), plan=account.plan if account else None,
-    )
-    metrics = {
-        "num-examples": outcome.result.num_examples,
-        "train-loss": outcome.result.loss,
-        "train-seconds": outcome.result.seconds,
-        "steps": outcome.result.steps,
-        "node-weight": 1,  # equal weights for node-level DP's average
-    }
-    chain = None
-    if account is not None:  # record the spend before the update leaves the node
-        entry = account.record(server_round, outcome.result.steps)
-        metrics |= {"epsilon": entry["epsilon"], "delta": entry["delta"]}
-        chain = account.chain()
-    store.save_local(outcome.local_part, fingerprint, server_round)
-    return LocalUpdate(outcome.global_part, metrics, chain)
-
-
-RELEASES = {"frequency": ("sgd", "als"), "gradient": ("sgd",), "als": ("als",)}  # release -> mechanisms using it
-
-
-def release_locally(config: dict, global_part: dict[str, torch.Tensor], context: Context) -> LocalUpdate:
-    """This node's share of a noisy-sum release (``config["release"]``: frequency, gradient, als); raises Refusal."""
-    cfg, node, store, catalog_hash, config = node_setup(config, context)
-    if config.get("catalog-hash", catalog_hash) != catalog_hash:
-        raise Refusal(f"item catalog differs: node has {catalog_hash[:16]}…")
-    kind = str(config.get("release"))
-    if not cfg.dp or cfg.dp_mechanism not in RELEASES.get(kind, ()):
-        raise Refusal(f"release {kind!r} does not belong to dp-mechanism = {cfg.dp_mechanism} (dp = {cfg.dp})")
-    try:
-        account = PrivacyAccount(store, cfg, node.data, context.node_config.get("signing-key"))
-    except PlanError as exc:
-        raise Refusal(f"no DP plan: {exc}") from None
-    frequency = kind == "frequency"
-    rounds = 0 if config.get("final") else int(config.get("planned-rounds", account.plan.planned_rounds))
-    if (not frequency or config.get("final")) and (reason := account.adopt_rounds(rounds, cfg.num_server_rounds)):
-        raise Refusal(reason)
-    plan = account.plan
-    segment = plan.frequency_segment() if frequency else plan.segment(1)
-    if frequency and config.get("final"):  # no training after all: the rest of the budget on the item counts
-        try:
-            z = plan_noise_after(account.history, plan.target_epsilon, plan.delta, 1.0, 1, plan.accountant)
-        except ValueError as exc:
-            raise Refusal(f"no budget left for a final frequency release: {exc}") from None
-        plan = dataclasses.replace(plan, frequency_multiplier=z)
-        segment = plan.frequency_segment()
-    if reason := account.refusal(segment):
-        raise Refusal(reason)
-    if plan.noise == "distributed" and int(config.get("secagg-levels", 0)) < plan.secagg_levels:
-        raise Refusal(f"SecAgg+ quantization of {config.get('secagg-levels')} levels is coarser than the "
-                      f"{plan.secagg_levels} this node's planned sensitivity assumes")
-    fingerprint = users_fingerprint(node.data.user_ids)
-    start = time.perf_counter()
-    arrays, local, sensitivity = node.release(kind, global_part, store.load_local(fingerprint), plan)
-    entry = account.record(int(config["server-round"]), 1, segment=segment, mechanism=kind, sensitivity=sensitivity)
-    if local is not None:
-        store.save_local(local, fingerprint, int(config["server-round"]))
-    metrics = {"num-examples": 1, "train-loss": 0.0, "train-seconds": time.perf_counter() - start, "steps": 1,
-               "node-weight": 1, "epsilon": entry["epsilon"], "delta": entry["delta"],
-               "noise-multiplier": segment[0]}
-    return LocalUpdate(arrays, metrics, account.chain())
 
 
 def compress(arrays: dict[str, torch.Tensor], how: str) -> OrderedDict[str, torch.Tensor]:
@@ -171,9 +51,7 @@ def compress(arrays: dict[str, torch.Tensor], how: str) -> OrderedDict[str, torc
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    if SECAGG_RECORD in msg.content.config_records:  # a SecAgg+ protocol stage: the legacy path
-        from client.secagg import handle_train
-
+    if RECORD_KEY_CONFIGS in msg.content.config_records:  # a SecAgg+ protocol stage: the legacy path
         return handle_train(msg, context)
     config = dict(msg.content["config"])
     local = release_locally if "release" in config else train_locally
@@ -192,7 +70,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    _, node, store, catalog_hash, config = _setup(msg, context)
+    _, node, store, catalog_hash, config = node_setup(dict(msg.content["config"]), context)
     if config.get("catalog-hash", catalog_hash) != catalog_hash:
         return _refuse(msg, f"item catalog differs: node has {catalog_hash[:16]}…")
     roles = [r for r in str(config.get("roles", "val")).split(",") if r]

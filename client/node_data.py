@@ -2,11 +2,14 @@
 
 - Deployment: ``node_config["data-path"]`` names this node's own prepared dataset
   (all of its users).
-- Simulation: Flower sets ``partition-id`` / ``num-partitions``; the node takes
-  its partition of the run's ``data-path`` with the run's partitioner.
-- In-process simulation: ``node_config["dataset"]`` names data that the simulation
-  layer built in this process and handed over with :func:`register_dataset` (e.g. a
-  node's partition with inserted canaries for an empirical privacy audit).
+- Simulation: Flower sets ``partition-id`` / ``num-partitions``; the simulation layer
+  (:mod:`simulations.client_app`) computes that partition of the run's ``data-path`` and
+  hands it over in-process with :func:`register_dataset` under :func:`partition_key`.
+  Production code never partitions anything: a simulated node without its partition
+  handed over is a configuration error.
+- In-process simulation: ``node_config["dataset"]`` names data that the simulation layer
+  registered by name (e.g. a node's partition with inserted canaries for an empirical
+  privacy audit).
 
 Nodes only ever read prepared (pseudonymized) datasets.
 """
@@ -38,8 +41,23 @@ _REGISTERED: dict[str, NodeData] = {}
 
 
 def register_dataset(name: str, data: NodeData) -> None:
-    """Hand a node its data in this process (``node_config["dataset"] = name``)."""
+    """Hand a node its data in this process (``node_config["dataset"] = name``, or a :func:`partition_key`)."""
     _REGISTERED[name] = data
+
+
+def is_registered(name: str) -> bool:
+    return name in _REGISTERED
+
+
+def partition_key(cfg: RunConfig, pid: int, n: int) -> str:
+    """The name a simulated node's partition is registered under: everything that determines it."""
+    return (f"partition:{cfg.data_path}:{cfg.seed}:{cfg.synthetic_users}:{cfg.synthetic_items}:{cfg.partitioner}:"
+            f"{cfg.dirichlet_alpha}:{n}:{pid}")
+
+
+def simulated_partition(node_config: Mapping[str, Any], cfg: RunConfig) -> tuple[int, int]:
+    """(partition id, partitions) of a simulated node."""
+    return int(node_config["partition-id"]), int(node_config.get("num-partitions", cfg.num_partitions))
 
 
 def resolve_node_data(cfg: RunConfig, node_config: Mapping[str, Any]) -> NodeData:
@@ -54,9 +72,11 @@ def resolve_node_data(cfg: RunConfig, node_config: Mapping[str, Any]) -> NodeDat
         return _whole(str(node_config["data-path"]), cfg.seed, name)
     if "partition-id" not in node_config:
         raise ConfigError("data-path", "node_config has neither data-path (deployment) nor partition-id (simulation)")
-    pid, n = int(node_config["partition-id"]), int(node_config.get("num-partitions", cfg.num_partitions))
-    return _partition(cfg.data_path, cfg.seed, cfg.synthetic_users, cfg.synthetic_items, cfg.partitioner, n,
-                      cfg.dirichlet_alpha, pid)
+    key = partition_key(cfg, *simulated_partition(node_config, cfg))
+    if key not in _REGISTERED:
+        raise ConfigError("partition-id", "a simulated node gets its partition from the simulation ClientApp "
+                                          "(simulations.client_app:app), which this process is not running")
+    return _REGISTERED[key]
 
 
 @functools.lru_cache(maxsize=8)
@@ -64,25 +84,3 @@ def _whole(path: str, seed: int, name: str) -> NodeData:
     tables = load_tables(path, seed=seed)
     return NodeData(InteractionData.from_tables(tables), tuple(tables.manifest["value_range"]),
                     tables.catalog.content_hash, name)
-
-
-@functools.lru_cache(maxsize=2)
-def _full(path: str, seed: int, users: int, items: int) -> tuple[InteractionData, tuple[float, float], str]:
-    tables = load_tables(path, seed=seed, synthetic_users=users, synthetic_items=items)
-    return InteractionData.from_tables(tables), tuple(tables.manifest["value_range"]), tables.catalog.content_hash
-
-
-@functools.lru_cache(maxsize=4)
-def _partitions(path: str, seed: int, users: int, items: int, scheme: str, n: int, alpha: float):
-    from simulations.partitioners import partition_users  # simulation only
-
-    data, _, _ = _full(path, seed, users, items)
-    return partition_users(data, scheme, n, seed=seed, alpha=alpha)
-
-
-def _partition(path: str, seed: int, users: int, items: int, scheme: str, n: int, alpha: float, pid: int) -> NodeData:
-    data, value_range, catalog_hash = _full(path, seed, users, items)
-    parts = _partitions(path, seed, users, items, scheme, n, alpha)
-    if not 0 <= pid < len(parts):
-        raise ConfigError("partition-id", f"{pid} is outside 0..{len(parts) - 1}")
-    return NodeData(data.subset(parts[pid]), value_range, catalog_hash, f"partition-{pid}")

@@ -5,7 +5,7 @@ node that uses it. With ``secure-aggregation = true`` the coordinator sends four
 protocol stages as TRAIN messages carrying ``secaggplus_configs``; the ClientApp's
 train handler passes them here. ``secaggplus_mod`` answers setup, key sharing and
 unmasking itself; in the "collect masked vectors" stage it calls the NumPyClient's
-``fit``, which runs the very same :func:`client.app.train_locally` as the plain path
+``fit``, which runs the very same :func:`client.local.train_locally` as the plain path
 (DP-SGD, privacy account and signed ledger, user embeddings kept in node state), then
 quantizes, weights and masks the global part before it leaves the node. What the
 node sends in the clear is what it sends without SecAgg minus the update: its
@@ -25,7 +25,7 @@ from flwr.client import NumPyClient
 from flwr.client.message_handler.message_handler import handle_legacy_message_from_msgtype
 from flwr.client.mod import secaggplus_mod
 
-from client.app import REFUSED, Refusal, node_setup, release_locally, train_locally
+from client.local import REFUSED, Refusal, node_setup, release_locally, train_locally
 from shared.secure_sum import release_unit, scale
 
 log = logging.getLogger("flwr")

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from deploy.certs import CertPaths
+from deploy.flower_app import app_dir, write_run_config
 from deploy.processes import BIN, ManagedProcess, fedrec_env, free_port, start, wait_for, wait_https
 from shared.config import RunConfig
 from shared.errors import FedrecError
-from simulations.driver import app_dir, write_run_config
 
 CONNECTION = "fedrec-local"
 

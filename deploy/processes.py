@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from shared.errors import FedrecError
 
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr live beside this interpreter
@@ -49,37 +51,45 @@ def fedrec_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[
     return env
 
 
-def _stat(pid: int) -> list[str]:
-    """Fields of /proc/<pid>/stat after the command name (state is [0], ppid [1], starttime [19])."""
+def _started(pid: int) -> float | None:
+    """The creation time of ``pid`` (psutil), or None if there is no such process."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
-def alive(pid: int, started: int | None = None) -> bool:
-    """True if ``pid`` exists, is not a zombie and (if given) is the process that started at ``started``."""
-    fields = _stat(pid)
-    if not fields or fields[0] in ("Z", "X"):
+def alive(pid: int, started: float | None = None) -> bool:
+    """True if ``pid`` exists, is not a zombie and (if given) is the process created at ``started``."""
+    try:
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return False
+        return started is None or process.create_time() == started
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
-    return started is None or int(fields[19]) == started
 
 
 def descendants(pid: int) -> list[int]:
-    """PIDs of all live descendants of ``pid`` (from /proc parent links)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
+    """PIDs of all live descendants of ``pid``."""
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def stop_pids(pids: list[int], grace: float = 10.0) -> None:
+    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL what is left (processes we found by PID)."""
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            process = psutil.Process(pid)
+            process.terminate()
+            procs.append(process)
+    _, still = psutil.wait_procs(procs, timeout=grace)
+    for process in still:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            process.kill()
 
 
 @dataclass
@@ -90,7 +100,7 @@ class ManagedProcess:
     cmd: list[str]
     log_path: Path
     proc: subprocess.Popen
-    seen: dict[int, int] = field(default_factory=dict)  # descendants observed while it ran: pid -> start time
+    seen: dict[int, float] = field(default_factory=dict)  # descendants observed while it ran: pid -> created
 
     @property
     def pid(self) -> int:
@@ -104,9 +114,8 @@ class ManagedProcess:
 
     def remember_children(self) -> None:
         for pid in descendants(self.pid):
-            fields = _stat(pid)
-            if fields:
-                self.seen[pid] = int(fields[19])
+            if (created := _started(pid)) is not None:
+                self.seen[pid] = created
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the process group, wait ``grace`` s, then SIGKILL the group and every known descendant."""

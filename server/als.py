@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from client.privacy.als import GLOBAL, GRAM, RHS, als_sensitivity, triangle
+from shared.als_stats import GLOBAL, GRAM, RHS, als_sensitivity, triangle
 
 log = logging.getLogger("flwr")
 NOISE_RIDGE = 6.0  # ridge per unit of noise std * sqrt(d): chosen on ML-1M (3 passes, epsilon 8)

@@ -100,7 +100,7 @@ class SecretNoiseClientSideFixedClipping(DifferentialPrivacyClientSideFixedClipp
         for key, array in aggregated_arrays.items():
             value = array.numpy()
             if np.issubdtype(value.dtype, np.floating):
-                value = value + randomness.noise.gaussian(value.shape, std).numpy().astype(value.dtype)
+                value = value + randomness.gaussian(value.shape, std).numpy().astype(value.dtype)
             noisy[key] = Array(np.asarray(value))
         log.info("aggregate_train: central DP noise with %.4f stdev added (secret CSPRNG)", std)
         return ArrayRecord(noisy)

@@ -118,7 +118,7 @@ class ReleaseRun(FederatedRun):
             return
         randomness = SecretRandomness.fresh()
         for value in total.values():
-            value += randomness.noise.gaussian(value.shape, z * sensitivity, torch.float64).numpy()
+            value += randomness.gaussian(value.shape, z * sensitivity, torch.float64).numpy()
 
     # --- round 0: DP item counts -------------------------------------------------------------
     def _before_rounds(self, arrays: ArrayRecord, catalog_hash: str, run_key: str) -> ArrayRecord:

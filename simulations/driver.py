@@ -19,13 +19,15 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.processes import fedrec_env, free_port
+import psutil
+
+from deploy.flower_app import simulation_app, write_run_config
+from deploy.processes import fedrec_env, free_port, stop_pids
 from shared.config import RunConfig, load_toml_config
 from shared.datasets import SYNTHETIC, load_tables, resolve_data_path
 from shared.errors import FedrecError
@@ -55,15 +57,6 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def app_dir() -> Path:
-    """The Flower app (the project root holding pyproject.toml with [tool.flwr.app])."""
-    root = Path(__file__).resolve().parents[1]
-    pyproject = root / "pyproject.toml"
-    if not pyproject.exists() or "flwr" not in tomllib.loads(pyproject.read_text()).get("tool", {}):
-        raise FedrecError(f"{root} is not a fedrec source checkout (no pyproject.toml with [tool.flwr.app])")
-    return root
-
-
 def resolve_config(preset: str | None, overrides: dict[str, Any], run_dir: Path) -> RunConfig:
     """Defaults <- preset <- overrides, with data and run paths made absolute."""
     values: dict[str, Any] = dict(load_toml_config(preset_path(preset))) if preset else {}
@@ -82,20 +75,6 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], run_dir: Path)
     return cfg.with_overrides(changes)
 
 
-def write_run_config(cfg: RunConfig, path: Path) -> Path:
-    """The resolved config as a flat TOML file (what `flwr run --run-config FILE` reads)."""
-    lines = []
-    for key, value in cfg.to_flower_config().items():
-        if isinstance(value, bool):
-            lines.append(f"{key} = {'true' if value else 'false'}")
-        elif isinstance(value, str):
-            lines.append(f"{key} = {value!r}".replace("'", '"') if '"' not in value else f"{key} = '{value}'")
-        else:
-            lines.append(f"{key} = {value!r}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def simulation_env(flwr_home: Path, ray_tmp: Path) -> dict[str, str]:
     """fedrec's Flower environment plus a private Ray temp dir and free local SuperLink ports."""
     return fedrec_env(flwr_home, {
@@ -109,36 +88,11 @@ def superlink_pids(flwr_home: Path) -> list[int]:
     """PIDs of the local SuperLink(s) whose database lives under ``flwr_home``."""
     marker = str(flwr_home / "local-superlink")
     pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if "flower-superlink" in cmd and marker in cmd:
-                pids.append(int(proc.name))
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info.get("cmdline") or [])
+        if "flower-superlink" in cmd and marker in cmd:
+            pids.append(proc.pid)
     return pids
-
-
-def stop_pids(pids: list[int], grace: float = 10.0) -> None:
-    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL what is left."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if Path(f"/proc/{p}").exists() and _not_zombie(p)]
-        time.sleep(0.2)
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:4]
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager
@@ -170,7 +124,7 @@ def simulate(
     flwr_home = run_dir / "flwr-home"
     ray_tmp = Path(tempfile.mkdtemp(prefix="fedrec-ray-"))
     cmd = [
-        str(Path(sys.executable).parent / "flwr"), "run", str(app_dir()), "--stream",
+        str(Path(sys.executable).parent / "flwr"), "run", str(simulation_app(run_dir / "app")), "--stream",
         "--run-config", str(config_file),
         "--federation-config", f"num-supernodes={nodes} client-resources-num-cpus=1",
     ]

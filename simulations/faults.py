@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from shared.config import RunConfig
 from shared.seeding import derive, numpy_rng
 
 VIRTUAL_CLOCK: contextvars.ContextVar[bool] = contextvars.ContextVar("fedrec_virtual_clock", default=False)
 LATE_MARGIN = 5.0  # seconds a late node sleeps beyond round-timeout (the SuperLink is polled every 3 s)
-SECAGG_RECORD = "secaggplus_configs"
 ClientCall = Callable[[Message, Context], Message]
 
 
@@ -73,7 +73,7 @@ def miss_deadline(round_timeout: float, server_round: int) -> None:
 
 def fault_mod(msg: Message, context: Context, call_next: ClientCall) -> Message:
     """ClientApp mod: apply ``fault-dropout`` / ``fault-mode`` to plain training instructions."""
-    if msg.metadata.message_type != MessageType.TRAIN or SECAGG_RECORD in msg.content.config_records:
+    if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS in msg.content.config_records:
         return call_next(msg, context)
     cfg = RunConfig.from_mapping(context.run_config)
     config = msg.content.config_records.get("config")

@@ -4,7 +4,10 @@
 (:mod:`simulations.canaries`) into node 0, hands every node its data in-process, runs the real
 coordinator loop and ClientApp over the in-process Grid, records every update node 0
 releases (what the coordinator sees), and plays the one-run guessing game on the canaries.
-The canaries' inclusion coins come from OS entropy, as privacy randomness must.
+The auditor sees what the adversary of the mechanism sees: node 0's own updates when every node
+adds its noise (model averaging, local noise), the released global model's steps when the noise is
+on the sum (noisy-sum releases, central or distributed noise). The canaries' inclusion coins come
+from OS entropy, as privacy randomness must.
 """
 
 from __future__ import annotations
@@ -55,22 +58,36 @@ def empirical_epsilon(cfg: RunConfig, *, canaries: int, items_per_canary: int = 
                                                        f"partition-{i}"))
     updates: list[dict[str, np.ndarray]] = []
     claim: dict[str, float] = {}
+    releases = cfg.dp and cfg.dp_mechanism in ("sgd", "als")  # the world sees the noisy sums' model updates
 
     def watch(app):
         def call(msg, ctx):
             reply = app(msg, ctx)
-            if ctx.node_id == 1000 and msg.metadata.message_type == MessageType.TRAIN and not reply.has_error():
-                sent = {k: a.numpy() for k, a in msg.content["arrays"].items()}
-                updates.append({k: a.numpy() - sent[k] for k, a in reply.content["arrays"].items()})
+            if ctx.node_id != 1000 or msg.metadata.message_type != MessageType.TRAIN or reply.has_error():
+                return reply
+            if "metrics" in reply.content:
                 metrics = reply.content["metrics"]
                 claim.update({k: float(metrics[k]) for k in ("epsilon", "delta") if k in metrics})
+            if not releases:  # model averaging: the coordinator sees node 0's own (noisy) update
+                sent = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+                updates.append({k: a.numpy() - sent[k] for k, a in reply.content["arrays"].items()})
             return reply
         return call
 
     configs = [{"dataset": f"audit-{tag}-{i}"} for i in range(len(parts))]
     grid = InProcessGrid(watch(client_app), configs, cfg.to_flower_config())
+    run = federated_run(cfg, grid, 1)
+    if releases:  # noise on the sum (central or distributed): audit the released global model's steps
+        one_round = run._train_round
+
+        def recorded(rnd, arrays, *args):
+            record, new = one_round(rnd, arrays, *args)
+            updates.append({k: new[k].numpy() - arrays[k].numpy() for k in arrays})
+            return record, new
+
+        run._train_round = recorded
     with broken(breakage):
-        summary = federated_run(cfg, grid, 1).execute()
+        summary = run.execute()
     scores = canary_scores(updates, drawn)
     delta = claim.get("delta", NONPRIVATE_DELTA)
     result = audit_scores(scores, drawn.included, delta=delta, confidence=confidence, rng=secret)

@@ -11,7 +11,6 @@ import torch
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
 from typer.testing import CliRunner
 
-from client.app import app as client_app
 from client.privacy import plan_for
 from client.privacy.releases import add_share, frequency_release, gradient_release
 from client.trainer import TrainSettings, make_criterion
@@ -27,6 +26,7 @@ from shared.models import build_model
 from shared.models.base import is_local
 from shared.secret_random import SecretRandomness
 from shared.secure_sum import encoded_sensitivity, quantization_levels
+from simulations.client_app import app as client_app
 from simulations.inprocess import InProcessGrid, simulation_node_configs
 
 RELEASES = {"dp": True, "dp-mechanism": "sgd", "dp-frequency-share": 0.1, "dp-sample-rate": 1.0, "model": "gmf",
@@ -197,7 +197,8 @@ def test_distributed_noise_under_secagg_with_a_dropout_meets_its_claim(tmp_path)
 
 # --- DP alternating least squares ---------------------------------------------------------------
 def test_als_statistics_without_noise_are_the_exact_sums_and_bounded_per_user(data):
-    from client.privacy.als import als_release, als_sensitivity, solve_users
+    from client.privacy.als import als_release, solve_users
+    from shared.als_stats import als_sensitivity
 
     cfg = RunConfig.from_mapping({**RELEASES, "dp-mechanism": "als", "item-bias": False, "dp-max-interactions": 5})
     plan = noiseless(cfg, data)

@@ -65,3 +65,16 @@ def test_canaries_are_inserted_as_drawn():
         assert inter.items[c][0] in grown.train_items[grown.train_indptr[u] : grown.train_indptr[u + 1]]
     with pytest.raises(ValueError, match="distinct rare items"):
         draw_canaries(data, "user", 1000, k=1, secret=rng)
+
+
+def test_the_default_mechanism_is_audited_on_the_released_model(tmp_path):
+    """Noise on the sum (here the coordinator's): the released global model is what an adversary sees; honest
+    stays under the claim, the same run without noise is caught above it."""
+    default = {"data-path": "synthetic", "synthetic-users": 1000, "synthetic-items": 2000, "num-partitions": 2,
+               "min-nodes": 2, "model": "gmf", "embedding-dim": 16, "dp-noise": "central", "target-epsilon": 2.0,
+               "num-server-rounds": 6, "eval-every": 6, "full-rank": False}
+    honest = empirical_epsilon(RunConfig.from_mapping(default), canaries=CANARIES, work_dir=tmp_path / "honest")
+    assert honest["rounds"] >= 1 and honest["epsilon_lower_bound"] <= honest["claimed_epsilon"] <= 2.0, honest
+    broken = empirical_epsilon(RunConfig.from_mapping(default), canaries=CANARIES, breakage="no-noise",
+                               work_dir=tmp_path / "broken")
+    assert broken["epsilon_lower_bound"] > broken["claimed_epsilon"], broken

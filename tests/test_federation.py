@@ -11,13 +11,13 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import app as client_app
 from server import checkpoint
 from server.app import federated_run
 from server.guard import reply_problem
 from server.loop import InjectedFault, initial_model
 from shared.config import RunConfig
 from shared.models import LOCAL_PREFIX
+from simulations.client_app import app as client_app
 from simulations.inprocess import InProcessGrid, simulation_node_configs
 from tests.conftest import MODEL_AVERAGING
 
@@ -216,8 +216,10 @@ def test_early_stopping_keeps_the_best_round(tmp_path):
 def test_evaluation_refit_of_user_rows_helps_stale_users_and_changes_no_stored_state(tmp_path):
     from client.node import LocalNode
     from client.node_data import resolve_node_data
+    from simulations.client_app import hand_over_partition
 
     cfg = cfg_for(tmp_path, **{"num-partitions": 1, "lr": 0.02})
+    hand_over_partition(cfg, 0, 1)  # the simulation layer hands the node its partition
     nd = resolve_node_data(cfg, {"partition-id": 0, "num-partitions": 1})
     node = LocalNode(cfg, nd.data, nd.value_range, nd.node_key)
     global_part, local_part = initial_model(cfg)[0], None

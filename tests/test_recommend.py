@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 
-from client.app import app as client_app
 from client.data_owner import PrepareOptions, prepare_dataset, reveal
 from client.diversity import mmr_rerank, popularity_prior, unit_rows
 from client.recommender import NodeRecommender, everything_seen
@@ -29,6 +28,7 @@ from shared.models import build_model
 from shared.pseudonyms import pseudonym
 from shared.synthetic import SyntheticSpec, generate
 from simulations.centralized import train_centralized
+from simulations.client_app import app as client_app
 from simulations.inprocess import InProcessGrid, simulation_node_configs
 from tests.conftest import MODEL_AVERAGING
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from client.app import app as client_app
 from server import checkpoint
 from server.app import federated_run
 from server.ledger import NAME as FEDERATION_LEDGER
@@ -24,6 +23,7 @@ from shared.audit import audit_entries
 from shared.config import RunConfig
 from shared.errors import ConfigError
 from shared.ledger import read_jsonl
+from simulations.client_app import app as client_app
 from simulations.faults import failing_partitions, hostile, node_fails
 from simulations.inprocess import InProcessGrid, simulation_node_configs
 from tests.conftest import MODEL_AVERAGING

@@ -9,8 +9,6 @@ import pytest
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
 
 import client.secagg as client_secagg
-from client.app import SECAGG_RECORD
-from client.app import app as client_app
 from server import checkpoint
 from server.ledger import NAME
 from server.loop import initial_model
@@ -18,6 +16,7 @@ from server.secagg import SecAggRun, check_config
 from shared.config import RunConfig
 from shared.errors import ConfigError
 from shared.ledger import read_jsonl, verify_chain
+from simulations.client_app import app as client_app
 from simulations.inprocess import InProcessGrid, simulation_node_configs
 from tests.conftest import MODEL_AVERAGING
 from tests.test_wire_privacy import WireRecorder
@@ -84,7 +83,12 @@ def test_too_few_nodes_after_dropouts_leaves_the_model_unchanged(tmp_path):
 
 
 def test_protocol_constants_and_incompatible_options():
-    assert SECAGG_RECORD == RECORD_KEY_CONFIGS
+    import client.app
+    import simulations.faults
+
+    # the SecAgg+ stage record is Flower's own constant, not a copy of it
+    assert client.app.RECORD_KEY_CONFIGS is RECORD_KEY_CONFIGS
+    assert simulations.faults.RECORD_KEY_CONFIGS is RECORD_KEY_CONFIGS
     for bad in ({"strategy": "fedadam"}, {"update-compression": "fp16"}, {"min-nodes": 1}):
         with pytest.raises(ConfigError):
             check_config(RunConfig.from_mapping({"secure-aggregation": True, **bad}))

@@ -20,7 +20,6 @@ import torch
 from flwr.app import Message
 from flwr.common.serde import message_from_proto, message_to_proto
 
-from client.app import app as client_app
 from deploy.demo_data import DemoData, prepare_nodes
 from server.loop import FederatedRun, initial_model
 from server.secagg import SecAggRun
@@ -30,6 +29,7 @@ from shared.datasets import load_tables
 from shared.ledger import FIELDS, read_jsonl
 from shared.models import LOCAL_PREFIX
 from shared.synthetic import SyntheticSpec, generate
+from simulations.client_app import app as client_app
 from simulations.inprocess import InProcessGrid
 from tests.conftest import MODEL_AVERAGING
 

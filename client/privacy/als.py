@@ -15,7 +15,6 @@ per user. The item side it feeds (:mod:`server.als`) is post-processing.
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import numpy as np
@@ -23,21 +22,10 @@ import torch
 
 from client.privacy.plan import DPPlan
 from client.privacy.releases import add_share
+from shared.als_stats import GLOBAL, GRAM, RHS, triangle
 from shared.config import RunConfig
 from shared.interactions import InteractionData
 from shared.secret_random import SecretRandomness
-
-GRAM, RHS, GLOBAL = "gram", "rhs", "global-gram"
-
-
-def als_sensitivity(cap: int) -> float:
-    """L2 sensitivity of one ALS release for users capped to ``cap`` items (factors of norm <= 1)."""
-    return math.sqrt(2 * cap + 1)
-
-
-def triangle(d: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column indices of the upper triangle (diagonal included) of a d x d matrix."""
-    return np.triu_indices(d)
 
 
 def solve_users(data: InteractionData, items: np.ndarray, cfg: RunConfig) -> np.ndarray:

@@ -17,8 +17,8 @@ from shared.config import RunConfig
 
 def run_federation_inprocess(cfg: RunConfig, run_dir: Path | None = None) -> tuple[Any, list[dict], float]:
     """The real coordinator loop and ClientApp over an in-process Grid; (summary, records, wall seconds)."""
-    from client.app import app as client_app
     from server.app import federated_run
+    from simulations.client_app import app as client_app
     from simulations.inprocess import InProcessGrid, simulation_node_configs
 
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="fedrec-bench-"))
@@ -59,11 +59,16 @@ def finished_run(cfg: RunConfig, run_dir: Path) -> tuple[Any, list[dict], float 
 
 
 def node_peak_rss(cfg: RunConfig) -> float:
-    """Peak RSS (MB) of a fresh process that runs one node's training round (silo 0) through the ClientApp."""
+    """Peak RSS (MB) of a fresh process that runs one node's training round (silo 0) through the ClientApp.
+
+    Under noisy-sum releases the round is one release of the run's training kind (gradient or ALS statistics).
+    """
+    release = {"sgd": "gradient", "als": "als"}.get(cfg.dp_mechanism) if cfg.dp else None
+    extra = f', "release": "{release}"' if release else ""
     code = f"""
 import json, resource, tempfile, torch
 torch.set_num_threads(1)
-from client.app import app
+from simulations.client_app import app
 from server.loop import initial_model
 from shared.config import RunConfig
 from simulations.inprocess import InProcessGrid
@@ -73,14 +78,13 @@ cfg = cfg.with_overrides({{"node-state-dir": tempfile.mkdtemp()}})
 init, catalog = initial_model(cfg)
 grid = InProcessGrid(app, [{{"partition-id": 0, "num-partitions": cfg.num_partitions}}], cfg.to_flower_config())
 msg = Message(RecordDict({{"arrays": ArrayRecord(init), "config": ConfigRecord({{"server-round": 1, "run-key": "rss",
-              "catalog-hash": catalog}})}}), dst_node_id=1000, message_type=MessageType.TRAIN)
+              "catalog-hash": catalog{extra}}})}}), dst_node_id=1000, message_type=MessageType.TRAIN)
 reply = list(grid.send_and_receive([msg]))[0]
 assert not reply.has_error(), reply.error
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
-
 
 
 def peak_rss_mb() -> float:

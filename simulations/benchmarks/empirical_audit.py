@@ -7,8 +7,9 @@ For each dataset (the embedded synthetic data; ML-100K when present) and each bu
 the auditor sees what the coordinator sees (every update node 0 releases) and bounds epsilon
 from below at 95 % confidence. Broken mechanisms (``--breakages``: noise off, clipping off)
 keep claiming the planned epsilon in their ledgers; the audit must catch them. Settings:
-``audit`` is the most powerful one tried (SGD, clip norm 0.01, q = 1: the released update is
-linear in the noisy clipped sum), ``default`` is fedrec's default DP recipe.
+``audit`` is the most powerful one tried (DP-SGD on each node, SGD, clip norm 0.01, q = 1: node 0's
+update is linear in its noisy clipped sum), ``default`` is fedrec's default mechanism (noisy sums,
+here with the coordinator's noise), audited on the released global model.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ DATA = {
 }
 CANARIES = {"synthetic": 1000, "ml100k": 800}  # distinct rare items: half the catalog is available
 SETTINGS = {
-    "audit": {"model": "gmf", "embedding-dim": 16, "optimizer": "sgd", "lr": 0.5, "dp-sample-rate": 1.0,
-              "clip-norm": 0.01, "num-server-rounds": 10, "user-epochs": 1},
-    "default": {"model": "gmf", "num-server-rounds": 10},
+    # DP-SGD on each node (local noise), models averaged: the coordinator sees node 0's own noisy updates
+    "audit": {"dp-mechanism": "local-sgd", "dp-noise": "local", "model": "gmf", "embedding-dim": 16,
+              "optimizer": "sgd", "lr": 0.5, "dp-sample-rate": 1.0, "clip-norm": 0.01, "num-server-rounds": 10,
+              "user-epochs": 1},
+    # fedrec's default: one noisy sum per round, noise added by the coordinator (the released model is audited)
+    "default": {"dp-noise": "central", "model": "gmf", "num-server-rounds": 10},
 }
 COMMON = {"eval-every": 10, "patience": 0, "full-rank": False, "privacy-unit": "user", "seed": 42}
 

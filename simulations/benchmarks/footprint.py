@@ -131,9 +131,9 @@ def measure_rss(work: Path, silo_dir: Path, overrides: dict[str, Any]) -> dict[s
 
 def run_inprocess(overrides: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
     """A federation over the in-process Grid (real ClientApp and coordinator loop); its metrics records."""
-    from client.app import app as client_app
     from server.app import federated_run
     from shared.config import RunConfig
+    from simulations.client_app import app as client_app
     from simulations.inprocess import InProcessGrid, simulation_node_configs
 
     cfg = RunConfig.from_mapping({**overrides, "run-dir": str(run_dir), "node-state-dir": str(run_dir / "nodes")})

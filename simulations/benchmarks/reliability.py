@@ -47,8 +47,8 @@ BOOSTS = (30.0, 300.0)  # update norm ~5 (inside the benign range) and ~50 (far 
 
 def run_inprocess(cfg: RunConfig, run_dir: Path, wrap=None) -> tuple[Any, list[dict], Any]:
     """The coordinator loop over an in-process Grid; the ClientApp optionally wrapped (hostile nodes)."""
-    from client.app import app as client_app
     from server.app import federated_run
+    from simulations.client_app import app as client_app
     from simulations.inprocess import InProcessGrid, simulation_node_configs
 
     cfg = cfg.with_overrides({"run-dir": str(run_dir), "node-state-dir": str(run_dir / "nodes")})
@@ -80,7 +80,7 @@ def dropout(rates: list[float], modes: list[str], rounds: int, work: Path) -> li
 
 def target_item(cfg: RunConfig, quantile: float = 0.2) -> int:
     """An unpopular item: the one at ``quantile`` of the training popularity among items with interactions."""
-    from client.node_data import _full
+    from simulations.client_app import _full
 
     data, _, _ = _full(cfg.data_path, cfg.seed, cfg.synthetic_users, cfg.synthetic_items)
     pop = data.item_popularity()
