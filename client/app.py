@@ -1,9 +1,9 @@
 """The fedrec ClientApp (Flower message API). Thin: decode, call plain PyTorch, encode.
 
 ``train``: merge the received global arrays with this node's user embeddings,
-train locally (DP-SGD when ``dp``), keep the user embeddings on the node, reply
+train locally (DP-SGD when ``dp.enabled``), keep the user embeddings on the node, reply
 with only the global part, one MetricRecord and — under DP — this node's signed
-ledger chain of the run (as float16 with ``update-compression = "fp16"``; SecAgg+ stages go to
+ledger chain of the run (as float16 with ``transport.compression = "fp16"``; SecAgg+ stages go to
 :mod:`client.secagg`, which reuses :func:`train_locally`). ``evaluate``: reply with additive metric sums.
 """
 
@@ -43,7 +43,7 @@ def _refuse(msg: Message, reason: str) -> Message:
 
 
 def compress(arrays: dict[str, torch.Tensor], how: str) -> OrderedDict[str, torch.Tensor]:
-    """``update-compression``: "fp16" sends floating-point arrays as float16 (the coordinator upcasts)."""
+    """``transport.compression``: "fp16" sends floating-point arrays as float16 (the coordinator upcasts)."""
     if how == "fp16":
         return OrderedDict((k, v.half() if v.is_floating_point() else v) for k, v in arrays.items())
     return OrderedDict(arrays)
@@ -62,7 +62,7 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict()
     if update.ledger is not None:
         content["ledger"] = ConfigRecord({"entries": [json.dumps(e, sort_keys=True) for e in update.ledger]})
-    how = RunConfig.from_mapping(context.run_config).update_compression
+    how = RunConfig.from_mapping(context.run_config).transport.compression
     content["arrays"] = ArrayRecord(compress(update.global_part, how))
     content["metrics"] = MetricRecord(update.metrics)
     return Message(content, reply_to=msg)

@@ -101,7 +101,7 @@ def read_catalog_items(path: Path) -> list[str]:
 def write_catalog(items_path: Path, keys_dir: Path, out: Path) -> str:
     """Pseudonymize a federation's item list with the shared item key into a catalog file; return its hash.
 
-    Every data owner and the coordinator (``catalog-path``) then use the same catalog.
+    Every data owner and the coordinator (``data.catalog-path``) then use the same catalog.
     """
     from shared.catalog import ItemCatalog
     from shared.keys import load_key

@@ -1,5 +1,10 @@
 """One node's part of a round, without Flower messages: setup, local training, noisy-sum releases.
 
+Node-local settings come from the node's ``node_config`` (``flower-supernode --node-config``): ``data-path``
+(its prepared dataset), ``state-dir`` (its state: user rows, privacy account, ledger, signing key; default
+``$FEDREC_CACHE_DIR/node-state/<node>``), ``threads`` (PyTorch threads, 1) and ``chunk-pairs`` (memory
+bound of a DP step, 8192 scored pairs; the result is exactly the same), ``signing-key`` (ledger key).
+
 The ClientApp (:mod:`client.app`) and the SecAgg+ client (:mod:`client.secagg`) both call these
 plain functions, so there is one code path whatever the transport. A :class:`Refusal` is a
 deliberate refusal to take part (budget exhausted, wrong catalog, ...); the caller turns it into
@@ -42,25 +47,25 @@ class LocalUpdate:
 def node_setup(config: dict, context: Context) -> tuple[RunConfig, LocalNode, NodeStateStore, str, dict]:
     """Run config, this node's data and state store for a coordinator instruction's ``config``."""
     cfg = RunConfig.from_mapping(context.run_config)
-    torch.set_num_threads(cfg.client_threads)
-    nd = resolve_node_data(cfg, context.node_config)
-    state_dir = context.node_config.get("state-dir") or (
-        f"{cfg.node_state_dir}/{nd.node_key}" if cfg.node_state_dir else default_state_dir(nd.node_key)
-    )
+    node_config = context.node_config
+    torch.set_num_threads(int(node_config.get("threads", 1)))
+    nd = resolve_node_data(cfg, node_config)
+    state_dir = node_config.get("state-dir") or default_state_dir(nd.node_key)
     store = NodeStateStore(context.state, state_dir, str(config.get("run-key", context.run_id)))
-    return cfg, LocalNode(cfg, nd.data, nd.value_range, nd.node_key), store, nd.catalog_hash, config
+    node = LocalNode(cfg, nd.data, nd.value_range, nd.node_key, chunk_pairs=int(node_config.get("chunk-pairs", 8192)))
+    return cfg, node, store, nd.catalog_hash, config
 
 
 def train_locally(config: dict, global_part: dict[str, torch.Tensor], context: Context) -> LocalUpdate:
-    """One local round (DP-SGD when ``dp``), with or without secure aggregation; raises :class:`Refusal`."""
+    """One local round (DP-SGD when ``dp.enabled``), with or without secure aggregation; raises :class:`Refusal`."""
     cfg, node, store, catalog_hash, config = node_setup(config, context)
     if config.get("catalog-hash", catalog_hash) != catalog_hash:
         raise Refusal(f"item catalog differs: node has {catalog_hash[:16]}…")
     server_round = int(config["server-round"])
-    if cfg.dp and cfg.dp_mechanism == "sgd":
+    if cfg.dp.enabled and cfg.dp.mechanism == "sgd":
         raise Refusal("dp-mechanism = sgd: this node only answers release instructions, not local training")
     account = None
-    if cfg.dp and cfg.privacy_unit in ("user", "interaction"):
+    if cfg.dp.enabled and cfg.dp.unit in ("user", "interaction"):
         try:
             account = PrivacyAccount(store, cfg, node.data, context.node_config.get("signing-key"))
         except PlanError as exc:
@@ -97,15 +102,15 @@ def release_locally(config: dict, global_part: dict[str, torch.Tensor], context:
     if config.get("catalog-hash", catalog_hash) != catalog_hash:
         raise Refusal(f"item catalog differs: node has {catalog_hash[:16]}…")
     kind = str(config.get("release"))
-    if not cfg.dp or cfg.dp_mechanism not in RELEASES.get(kind, ()):
-        raise Refusal(f"release {kind!r} does not belong to dp-mechanism = {cfg.dp_mechanism} (dp = {cfg.dp})")
+    if not cfg.dp.enabled or cfg.dp.mechanism not in RELEASES.get(kind, ()):
+        raise Refusal(f"release {kind!r} does not belong to dp-mechanism = {cfg.dp.mechanism} (dp = {cfg.dp.enabled})")
     try:
         account = PrivacyAccount(store, cfg, node.data, context.node_config.get("signing-key"))
     except PlanError as exc:
         raise Refusal(f"no DP plan: {exc}") from None
     frequency = kind == "frequency"
     rounds = 0 if config.get("final") else int(config.get("planned-rounds", account.plan.planned_rounds))
-    if (not frequency or config.get("final")) and (reason := account.adopt_rounds(rounds, cfg.num_server_rounds)):
+    if (not frequency or config.get("final")) and (reason := account.adopt_rounds(rounds, cfg.federation.rounds)):
         raise Refusal(reason)
     plan = account.plan
     segment = plan.frequency_segment() if frequency else plan.segment(1)

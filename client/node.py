@@ -29,14 +29,14 @@ Tensors = OrderedDict[str, torch.Tensor]
 
 
 def refit_user_rows(model: torch.nn.Module, cfg: RunConfig, data: InteractionData, *, rng) -> None:
-    """``eval-user-epochs`` noise-free passes over ``model``'s user rows with the global part frozen.
+    """``eval.user-epochs`` noise-free passes over ``model.name``'s user rows with the global part frozen.
 
     FedRecon's evaluation step, used before evaluating and before serving, on the caller's model copy only.
-    A no-op for ``eval-user-epochs = 0`` and for the explicit task.
+    A no-op for ``eval.user-epochs = 0`` and for the explicit task.
     """
-    if cfg.eval_user_epochs and cfg.task == "implicit":
-        train_user_rows(model, data, TrainSettings.from_config(cfg), epochs=cfg.eval_user_epochs,
-                              lr=cfg.user_lr, rng=rng)
+    if cfg.eval.user_epochs and cfg.model.task == "implicit":
+        train_user_rows(model, data, TrainSettings.from_config(cfg), epochs=cfg.eval.user_epochs,
+                              lr=cfg.train.user_lr, rng=rng)
         model.eval()
 
 
@@ -55,12 +55,13 @@ class RoundOutcome:
 class LocalNode:
     """A node's data plus the config to train and evaluate on it."""
 
-    def __init__(self, cfg: RunConfig, data: InteractionData, value_range: tuple[float, float], node_key: str) -> None:
+    def __init__(self, cfg: RunConfig, data: InteractionData, value_range: tuple[float, float], node_key: str, *,
+                 chunk_pairs: int = 8192) -> None:
         self.cfg = cfg
         self.data = data
         self.value_range = value_range
         self.node_key = node_key
-        self.settings = TrainSettings.from_config(cfg, value_range)
+        self.settings = TrainSettings.from_config(cfg, value_range, chunk_pairs=chunk_pairs)
 
     def fresh_local(self) -> Tensors:
         """Initial user embeddings, derived from (seed, node)."""
@@ -81,7 +82,7 @@ class LocalNode:
         self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None, server_round: int,
         *, proximal_mu: float = 0.0, plan: DPPlan | None = None,
     ) -> RoundOutcome:
-        """``local-epochs`` of training on this node (DP-SGD when ``plan``).
+        """``train.local-epochs`` of training on this node (DP-SGD when ``plan``).
 
         Non-private rounds draw from (seed, node, round) and are reproducible; DP rounds draw every random
         choice from fresh OS entropy (:class:`~shared.secret_random.SecretRandomness`), so nobody holding the
@@ -93,12 +94,13 @@ class LocalNode:
             result, _ = train_private(model, self.data, self.settings, plan, self.cfg,
                                       randomness=SecretRandomness.fresh())
             return RoundOutcome(global_state(model), local_state(model), result)
-        if self.cfg.user_epochs:  # FedRecon-style: first fit this node's user rows to the received global part
-            train_user_rows(model, self.data, self.settings, epochs=self.cfg.user_epochs, lr=self.cfg.user_lr,
+        if self.cfg.train.user_epochs:  # FedRecon-style: first fit this node's user rows to the received global part
+            train_user_rows(model, self.data, self.settings, epochs=self.cfg.train.user_epochs,
+                            lr=self.cfg.train.user_lr,
                                   rng=numpy_rng(self.cfg.seed, "users", self.node_key, server_round))
         anchor = {k: v.detach().clone() for k, v in global_part.items()} if proximal_mu > 0 else None
         result = train_epochs(
-            model, self.data, self.settings, epochs=self.cfg.local_epochs,
+            model, self.data, self.settings, epochs=self.cfg.train.local_epochs,
             rng=numpy_rng(self.cfg.seed, "train", self.node_key, server_round),
             optimizer=make_optimizer(model, self.settings),
             proximal=(proximal_mu, anchor) if anchor is not None else None,
@@ -130,8 +132,9 @@ class LocalNode:
             with torch.no_grad():
                 next(iter(model.user_emb.values())).weight.copy_(torch.from_numpy(users))
             return stats, local_state(model), plan.release_sensitivity
-        if plan.unit == "user" and self.cfg.user_epochs:
-            train_user_rows(model, self.data, self.settings, epochs=self.cfg.user_epochs, lr=self.cfg.user_lr,
+        if plan.unit == "user" and self.cfg.train.user_epochs:
+            train_user_rows(model, self.data, self.settings, epochs=self.cfg.train.user_epochs,
+                            lr=self.cfg.train.user_lr,
                             rng=randomness.numpy)
         sums = gradient_release(model, self.data, self.settings, plan, self.cfg, randomness)
         return sums, local_state(model), plan.release_sensitivity
@@ -139,7 +142,7 @@ class LocalNode:
     def fit_users(self, global_part: dict[str, torch.Tensor], epochs: int = FIT_EPOCHS) -> Tensors:
         """User rows fitted locally and noise-free to a global part they never trained with (a floor model)."""
         model = self.model(global_part, None)
-        train_user_rows(model, self.data, self.settings, epochs=epochs, lr=self.cfg.user_lr,
+        train_user_rows(model, self.data, self.settings, epochs=epochs, lr=self.cfg.train.user_lr,
                         rng=numpy_rng(self.cfg.seed, "fit-users", self.node_key))
         return local_state(model)
 
@@ -149,11 +152,11 @@ class LocalNode:
     ) -> dict[str, float]:
         """Additive evaluation sums per role, keyed ``<role>-<stat>``.
 
-        With ``eval-user-epochs`` the user rows are first refitted to ``global_part`` (noise-free, global part
+        With ``eval.user-epochs`` the user rows are first refitted to ``global_part`` (noise-free, global part
         frozen) on this copy of the model only: the node's stored embeddings do not change.
         """
         model = self.model(global_part, local_part)
-        if self.cfg.dp and self.cfg.dp_mechanism == "als":  # the exact local solve against the received items
+        if self.cfg.dp.enabled and self.cfg.dp.mechanism == "als":  # the exact local solve against the received items
             from client.privacy.als import solve_users
 
             table = next(k for k in global_part if k.startswith("item_emb."))
@@ -166,11 +169,11 @@ class LocalNode:
         for role in roles:
             if role not in (splits.VAL, splits.TEST):
                 raise ValueError(f"unknown evaluation role {role!r}")
-            if self.cfg.task == "explicit":
+            if self.cfg.model.task == "explicit":
                 r = evaluate_rating(model, self.data, role, self.value_range)
                 out |= {f"{role}-count": r.count, f"{role}-sse": r.sse, f"{role}-sae": r.sae}
                 continue
-            s = evaluate_ranking(model, self.data, role, k=self.cfg.top_k, full_rank=full_rank)
+            s = evaluate_ranking(model, self.data, role, k=self.cfg.eval.top_k, full_rank=full_rank)
             out |= {
                 f"{role}-count": s.count, f"{role}-hr-sum": s.hr, f"{role}-ndcg-sum": s.ndcg,
                 f"{role}-full-count": s.full_count, f"{role}-hr-full-sum": s.hr_full,

@@ -3,7 +3,7 @@
 - Deployment: ``node_config["data-path"]`` names this node's own prepared dataset
   (all of its users).
 - Simulation: Flower sets ``partition-id`` / ``num-partitions``; the simulation layer
-  (:mod:`simulations.client_app`) computes that partition of the run's ``data-path`` and
+  (:mod:`simulations.client_app`) computes that partition of the run's ``data.path`` and
   hands it over in-process with :func:`register_dataset` under :func:`partition_key`.
   Production code never partitions anything: a simulated node without its partition
   handed over is a configuration error.
@@ -51,13 +51,14 @@ def is_registered(name: str) -> bool:
 
 def partition_key(cfg: RunConfig, pid: int, n: int) -> str:
     """The name a simulated node's partition is registered under: everything that determines it."""
-    return (f"partition:{cfg.data_path}:{cfg.seed}:{cfg.synthetic_users}:{cfg.synthetic_items}:{cfg.partitioner}:"
-            f"{cfg.dirichlet_alpha}:{n}:{pid}")
+    d = cfg.data
+    return (f"partition:{d.path}:{cfg.seed}:{d.synthetic_users}:{d.synthetic_items}:{d.partitioner}:"
+            f"{cfg.data.dirichlet_alpha}:{n}:{pid}")
 
 
 def simulated_partition(node_config: Mapping[str, Any], cfg: RunConfig) -> tuple[int, int]:
     """(partition id, partitions) of a simulated node."""
-    return int(node_config["partition-id"]), int(node_config.get("num-partitions", cfg.num_partitions))
+    return int(node_config["partition-id"]), int(node_config.get("num-partitions", cfg.data.partitions))
 
 
 def resolve_node_data(cfg: RunConfig, node_config: Mapping[str, Any]) -> NodeData:

@@ -1,7 +1,7 @@
 """Secure aggregation (SecAgg+) on the node: Flower's legacy ``secaggplus_mod`` around a NumPyClient.
 
 In flwr 1.42 SecAgg+ exists only in the legacy stack, so this is the one module on the
-node that uses it. With ``secure-aggregation = true`` the coordinator sends four
+node that uses it. With ``transport.secure-aggregation = true`` the coordinator sends four
 protocol stages as TRAIN messages carrying ``secaggplus_configs``; the ClientApp's
 train handler passes them here. ``secaggplus_mod`` answers setup, key sharing and
 unmasking itself; in the "collect masked vectors" stage it calls the NumPyClient's
@@ -46,8 +46,9 @@ class FedrecNumPyClient(NumPyClient):
         if "release" in config:
             return self._release(parameters, keys, config)
         cfg, node, *_ = node_setup(dict(config), self.context)
-        if node.data.n_train > cfg.secagg_max_weight:  # checked before any privacy is spent
-            raise Refusal(f"num-examples {node.data.n_train} exceeds secagg-max-weight {cfg.secagg_max_weight:g}")
+        if node.data.n_train > cfg.transport.secagg_max_weight:  # checked before any privacy is spent
+            raise Refusal(f"num-examples {node.data.n_train} exceeds transport.secagg-max-weight "
+                          f"{cfg.transport.secagg_max_weight:g}")
         global_part = OrderedDict((k, torch.from_numpy(np.array(a))) for k, a in zip(keys, parameters, strict=True))
         update = train_locally(dict(config), global_part, self.context)
         arrays = [update.global_part[k].detach().numpy() for k in keys]
@@ -66,7 +67,7 @@ class FedrecNumPyClient(NumPyClient):
         cfg, *_ = node_setup(dict(config), self.context)
         global_part = OrderedDict((k, torch.from_numpy(np.array(a))) for k, a in zip(keys, parameters, strict=True))
         update = release_locally(dict(config), global_part, self.context)
-        factor = 1.0 / scale(cfg.secagg_max_users, release_unit(cfg, str(config["release"])))
+        factor = 1.0 / scale(cfg.transport.secagg_max_users, release_unit(cfg, str(config["release"])))
         arrays = [v.detach().numpy().astype(np.float64) * factor for v in update.global_part.values()]
         metrics: dict = dict(update.metrics)
         if update.ledger is not None:

@@ -38,19 +38,22 @@ class TrainSettings:
     value_range: tuple[float, float] = (1.0, 5.0)
     item_lr: float | None = None  # None: lr; 0: item embeddings frozen
     bias_lr: float | None = None  # None: lr (item-bias table)
+    chunk_pairs: int = 8192  # node-local memory bound of a DP step: scored pairs per physical chunk
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, value_range: tuple[float, float] = (1.0, 5.0)) -> TrainSettings:
+    def from_config(cls, cfg: RunConfig, value_range: tuple[float, float] = (1.0, 5.0), *,
+                    chunk_pairs: int = 8192) -> TrainSettings:
         return cls(
-            task=cfg.task,
-            num_negatives=cfg.num_negatives,
-            batch_size=cfg.batch_size,
-            optimizer=cfg.optimizer,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
+            chunk_pairs=chunk_pairs,
+            task=cfg.model.task,
+            num_negatives=cfg.train.negatives,
+            batch_size=cfg.train.batch_size,
+            optimizer=cfg.train.optimizer,
+            lr=cfg.train.lr,
+            weight_decay=cfg.train.weight_decay,
             value_range=value_range,
-            item_lr=None if cfg.item_lr < 0 else cfg.item_lr,
-            bias_lr=None if cfg.bias_lr <= 0 else cfg.bias_lr,
+            item_lr=0.0 if cfg.train.freeze_items else (cfg.train.item_lr or None),
+            bias_lr=cfg.train.bias_lr or None,
         )
 
 
@@ -65,7 +68,7 @@ class TrainResult:
 
 
 def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
-    """Adam or SGD (momentum 0.9) with L2 weight decay over ``model``'s trainable parameters.
+    """Adam or SGD (momentum 0.9) with L2 weight decay over ``model.name``'s trainable parameters.
 
     Per-group learning rates: item embedding tables get ``item_lr`` and the item bias
     ``bias_lr`` when set; with ``item_lr == 0`` the item tables are frozen
@@ -167,7 +170,7 @@ def train_epochs(
     optimizer: torch.optim.Optimizer | None = None,
     proximal: tuple[float, dict[str, torch.Tensor]] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``epochs`` passes over ``data``'s training interactions.
+    """Train ``model.name`` in place for ``train.epochs`` passes over ``data``'s training interactions.
 
     ``proximal=(mu, anchor)`` adds FedProx's ``mu/2 * ||w - w_anchor||^2`` over the
     anchored (global) parameters.

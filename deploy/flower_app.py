@@ -2,9 +2,10 @@
 
 The project's own ``pyproject.toml`` is the production app: ``client.app:app`` and
 ``server.app:app``, and its FAB carries ``shared``, ``client`` and ``server`` only.
-:func:`simulation_app` builds, in a run directory, the same app whose ClientApp is
-:mod:`simulations.client_app` (partitions handed over in-process, fault injection) and whose
-FAB also carries the simulation layer — what ``fedrec simulate`` hands to ``flwr run``.
+:func:`simulation_app` builds, in a run directory, the same app whose ClientApp and ServerApp
+are :mod:`simulations.client_app` (partitions handed over in-process, node fault injection) and
+:mod:`simulations.server_app` (coordinator fault injection), and whose FAB also carries the
+simulation layer — what ``fedrec simulate`` hands to ``flwr run``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def simulation_app(dest: Path) -> Path:
     project = tomllib.loads((root / "pyproject.toml").read_text())
     flwr: dict[str, Any] = project["tool"]["flwr"]["app"]
     flwr["components"]["clientapp"] = "simulations.client_app:app"
+    flwr["components"]["serverapp"] = "simulations.server_app:app"
     flwr["fab-include"] = [*flwr["fab-include"], "simulations/*.py"]
     project["project"].pop("readme", None)
     (dest / "pyproject.toml").write_text(tomli_w.dumps(project))

@@ -30,8 +30,10 @@ RunKeyOpt = Annotated[str | None, typer.Option(help="Run key of the node state (
 
 def _source(run, partition, model, data, state_dir, run_key):
     from client.serving.source import ModelSource
+    from simulations.client_app import hand_over_partition
 
-    return ModelSource(run=run, partition=partition, model=model, data=data, state_dir=state_dir, run_key=run_key)
+    return ModelSource(run=run, partition=partition, model=model, data=data, state_dir=state_dir, run_key=run_key,
+                       hand_over=hand_over_partition)
 
 
 def _check_options(k: int, diversity: float, popularity_penalty: float) -> None:

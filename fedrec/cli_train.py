@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = resolve_config(config, set_)
         result = train_centralized(cfg, out)
-        table = Table(title=f"{cfg.model} on {cfg.data_path} (best epoch {result.best_epoch}/{result.epochs_run})")
+        table = Table(title=f"{cfg.model.name} on {cfg.data.path} (best epoch {result.best_epoch}/{result.epochs_run})")
         table.add_column("metric")
         table.add_column("validation", justify="right")
         table.add_column("test", justify="right")
@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
             if preset is not None:
                 raise FedrecError("--resume continues a run with its own config; drop --preset")
             saved = load_toml_config(resume / "run-config.toml")
-            overrides = {**saved, **overrides, "resume-from": str(resume.resolve())}
+            overrides = {**saved, **overrides, "federation.resume-from": str(resume.resolve())}
             out = resume
         else:
             preset = preset or "synthetic"
@@ -78,14 +78,14 @@ def register(app: typer.Typer) -> None:
         from simulations.driver import resolve_config as resolve_run
 
         cfg = resolve_run(preset, overrides, out.resolve())
-        if cfg.dp:
+        if cfg.dp.enabled:
             console.print(recipe_line(cfg), soft_wrap=True)
         result = run_simulation(preset, overrides, out, show_progress=not quiet)
         _print_summary(result.summary, f"federated run {out}")
-        if cfg.dp:
+        if cfg.dp.enabled:
             _print_privacy(out)
         lists = _write_lists(out, cfg)
-        console.print(f"top-{cfg.top_k} lists per node (pseudonyms; `fedrec data reveal` maps them back): {lists}",
+        console.print(f"top-{cfg.eval.top_k} lists per node (pseudonyms; `fedrec data reveal` maps them back): {lists}",
                       soft_wrap=True)
 
 
@@ -104,16 +104,16 @@ def _print_summary(summary: dict, title: str) -> None:
 def recipe_line(cfg) -> str:
     """The DP recipe of a run, as one line: mechanism, where the noise goes, budget, unit, accountant, knobs."""
     where = {"local": "every node adds it", "central": "the coordinator adds it (trusted)",
-             "distributed": "shares under SecAgg+ (trusted: SecAgg+, honest nodes)"}[cfg.dp_noise]
-    knobs = (f"q {cfg.dp_sample_rate:g}, clip {cfg.clip_norm:g}, up to {cfg.num_server_rounds} rounds, "
-             f"server momentum SGD lr {cfg.dp_server_lr:g}, {cfg.dp_frequency_share:.0%} of epsilon on DP item "
-             f"counts" if cfg.dp_mechanism == "sgd" else
-             f"{cfg.num_server_rounds} passes, {cfg.dp_max_interactions} items per user, "
-             f"{cfg.dp_frequency_share:.0%} of epsilon on DP item counts" if cfg.dp_mechanism == "als" else
-             f"q {cfg.dp_sample_rate:g}, clip {cfg.clip_norm:g}, {cfg.num_server_rounds} rounds x "
-             f"{cfg.local_epochs} local epoch(s)")
-    return (f"DP recipe: {cfg.privacy_unit}-level, epsilon {cfg.target_epsilon:g} per node for the whole run, "
-            f"delta {cfg.delta or 'min(1e-5, 1/(10n))'}, {cfg.accountant}; mechanism {cfg.dp_mechanism}, noise: "
+             "distributed": "shares under SecAgg+ (trusted: SecAgg+, honest nodes)"}[cfg.dp.noise]
+    knobs = (f"q {cfg.dp.sample_rate:g}, clip {cfg.dp.clip_norm:g}, up to {cfg.federation.rounds} rounds, "
+             f"server momentum SGD lr {cfg.dp.server_lr:g}, {cfg.dp.frequency_share:.0%} of epsilon on DP item "
+             f"counts" if cfg.dp.mechanism == "sgd" else
+             f"{cfg.federation.rounds} passes, {cfg.dp.max_interactions} items per user, "
+             f"{cfg.dp.frequency_share:.0%} of epsilon on DP item counts" if cfg.dp.mechanism == "als" else
+             f"q {cfg.dp.sample_rate:g}, clip {cfg.dp.clip_norm:g}, {cfg.federation.rounds} rounds x "
+             f"{cfg.train.local_epochs} local epoch(s)")
+    return (f"DP recipe: {cfg.dp.unit}-level, epsilon {cfg.dp.target_epsilon:g} per node for the whole run, "
+            f"delta {cfg.dp.delta or 'min(1e-5, 1/(10n))'}, {cfg.dp.accountant}; mechanism {cfg.dp.mechanism}, noise: "
             f"{where}; {knobs}")
 
 
@@ -143,13 +143,14 @@ def _write_lists(run: Path, cfg) -> Path:
 
     from client.data_owner import write_result
     from client.serving.source import ModelSource
+    from simulations.client_app import hand_over_partition
 
     out = run / "recommendations"
     out.mkdir(exist_ok=True)
-    source = ModelSource(run=run)
+    source = ModelSource(run=run, hand_over=hand_over_partition)
     for pid in source.partitions():
         rec = dataclasses.replace(source, partition=pid).load()
         rows = np.arange(rec.n_users)
-        write_result(rec.to_frame(rows, rec.recommend(rows, cfg.top_k, exclude_seen=True)),
+        write_result(rec.to_frame(rows, rec.recommend(rows, cfg.eval.top_k, exclude_seen=True)),
                      out / f"partition-{pid}.csv")
     return out

@@ -1,9 +1,9 @@
-"""Private ALS on the coordinator (``dp-mechanism = "als"``): item factors from the noisy statistics' sum.
+"""Private ALS on the coordinator (``dp.mechanism = "als"``): item factors from the noisy statistics' sum.
 
 Every round is one pass: the nodes release their users' per-item statistics
 (:mod:`client.privacy.als`), the coordinator sums them (in the clear or by SecAgg+; adding the
-noise itself under ``dp-noise = central``) and solves every item with a DP count of at least
-``dp-train-min-count``: ``v_i = (PSD(G_i) + alpha G + (l2 + 6 sigma sqrt(d)) I)^-1 r_i``. The
+noise itself under ``dp.noise = central``) and solves every item with a DP count of at least
+``dp.train-min-count``: ``v_i = (PSD(G_i) + alpha G + (l2 + 6 sigma sqrt(d)) I)^-1 r_i``. The
 noisy Gram is projected onto the PSD cone and the ridge grows with the noise std ``sigma`` so
 that noise cannot make the solve explode; items below the count keep their public (genre)
 vectors. The model is GMF with ``h = 1`` and no bias: the score is ``u . v``. All of it is
@@ -69,7 +69,7 @@ class ALSRounds:
         config = {"run-key": run_key, "catalog-hash": catalog_hash, "release": "als",
                   "planned-rounds": self._last_round()}
         total, report, z = self._sum(rnd, arrays, reference, config)
-        sensitivity = als_sensitivity(cfg.dp_max_interactions)
+        sensitivity = als_sensitivity(cfg.dp.max_interactions)
         self._central_noise(total, z, sensitivity)
         self._log_ledgers(rnd, report)
         record = self._record(rnd, report)
@@ -77,7 +77,7 @@ class ALSRounds:
             log.warning("[fedrec] round %d: no ALS release; the item factors are unchanged", rnd)
             return record, arrays
         frozen = self._frozen_rows()
-        solved = solve_items(items, total, alpha=cfg.als_unobserved_weight, l2=cfg.als_l2, sigma=z * sensitivity,
+        solved = solve_items(items, total, alpha=cfg.dp.als_unobserved_weight, l2=cfg.dp.als_l2, sigma=z * sensitivity,
                              trainable=None if frozen is None else ~frozen)
         new = {k: torch.from_numpy(a.numpy().copy()) for k, a in arrays.items()}
         new[table] = torch.from_numpy(solved.astype(arrays[table].numpy().dtype))

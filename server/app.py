@@ -13,9 +13,9 @@ app = ServerApp()
 
 def federated_run(cfg: RunConfig, grid: Grid, run_id: int) -> FederatedRun:
     """The run the configuration asks for: model averaging or noisy-sum releases, in the clear or with SecAgg+."""
-    releases = cfg.dp and cfg.dp_mechanism in ("sgd", "als")  # noisy-sum releases instead of model averaging
-    secure = cfg.secure_aggregation or (releases and cfg.dp_noise == "distributed")
-    if releases and cfg.dp_mechanism == "als":
+    releases = cfg.dp.enabled and cfg.dp.mechanism in ("sgd", "als")  # noisy-sum releases instead of model averaging
+    secure = cfg.transport.secure_aggregation or (releases and cfg.dp.noise == "distributed")
+    if releases and cfg.dp.mechanism == "als":
         from server.als import als_run
 
         return als_run(secure)(cfg, grid, run_id)

@@ -1,7 +1,7 @@
-"""Node-level DP (``privacy-unit = "node"``): DP-FedAvg with client-side clipping and coordinator noise.
+"""Node-level DP (``dp.unit = "node"``): DP-FedAvg with client-side clipping and coordinator noise.
 
 Each sampled node clips its update (new global part minus the received one) to
-``clip-norm`` (Flower's ``fixedclipping_mod``); the coordinator averages the
+``dp.clip-norm`` (Flower's ``fixedclipping_mod``); the coordinator averages the
 clipped updates with equal weights and adds Gaussian noise of std
 ``z * clip-norm / m`` (Flower's ``DifferentialPrivacyClientSideFixedClipping``,
 McMahan et al. 2018). The guarantee protects *a whole node* (all of its users
@@ -40,8 +40,8 @@ LEDGER = "coordinator_ledger.jsonl"
 
 
 def sampled_nodes(cfg: RunConfig) -> int:
-    """Nodes aggregated per round as planned: ``fraction-train`` of ``min-nodes``, at least one."""
-    return max(int(cfg.min_nodes * cfg.fraction_train), 1)
+    """Nodes aggregated per round as planned: ``federation.fraction-train`` of ``federation.min-nodes`` (>= 1)."""
+    return max(int(cfg.federation.min_nodes * cfg.federation.fraction_train), 1)
 
 
 class CentralDP:
@@ -50,8 +50,9 @@ class CentralDP:
     def __init__(self, cfg: RunConfig, run_dir: str | Path, run_key: str) -> None:
         self.cfg = cfg
         self.m = sampled_nodes(cfg)
-        self.delta = cfg.delta or default_delta(cfg.min_nodes)
-        self.noise_multiplier = plan_noise(cfg.target_epsilon, self.delta, 1.0, cfg.num_server_rounds, cfg.accountant)
+        self.delta = cfg.dp.delta or default_delta(cfg.federation.min_nodes)
+        self.noise_multiplier = plan_noise(cfg.dp.target_epsilon, self.delta, 1.0, cfg.federation.rounds,
+                                           cfg.dp.accountant)
         self.key = SigningKey.load_or_create(Path(run_dir) / "coordinator.key")
         self.ledger = NodeLedger(Path(run_dir) / LEDGER)
         self.run_key = run_key
@@ -59,7 +60,7 @@ class CentralDP:
     def wrap(self, inner: Strategy) -> Strategy:
         """Flower's DP wrapper around the (equal-weight) inner strategy, with secret noise."""
         return SecretNoiseClientSideFixedClipping(
-            inner, noise_multiplier=self.noise_multiplier, clipping_norm=self.cfg.clip_norm,
+            inner, noise_multiplier=self.noise_multiplier, clipping_norm=self.cfg.dp.clip_norm,
             num_sampled_clients=self.m,
         )
 
@@ -68,10 +69,10 @@ class CentralDP:
 
     def refusal(self) -> str | None:
         """Why another round would exceed the budget (assuming all planned nodes answer), or None."""
-        after = epsilon([*self.history(), (self.noise_multiplier, 1.0, 1)], self.delta, self.cfg.accountant)
-        if after > self.cfg.target_epsilon * (1 + 1e-9):
+        after = epsilon([*self.history(), (self.noise_multiplier, 1.0, 1)], self.delta, self.cfg.dp.accountant)
+        if after > self.cfg.dp.target_epsilon * (1 + 1e-9):
             return (f"node-level privacy budget: epsilon would reach {after:.4f} > target "
-                    f"{self.cfg.target_epsilon:g} (delta={self.delta:.3g}, {self.cfg.accountant})")
+                    f"{self.cfg.dp.target_epsilon:g} (delta={self.delta:.3g}, {self.cfg.dp.accountant})")
         return None
 
     def record(self, server_round: int, aggregated: int) -> dict[str, Any]:
@@ -81,9 +82,9 @@ class CentralDP:
         return self.ledger.append(self.key, {
             "run_id": self.run_key, "round": server_round, "unit": "node", "mechanism": "dp-fedavg",
             "noise": "central", "noise_share": 0.0, "noise_multiplier": z_eff,
-            "sample_rate": 1.0, "steps": 1, "clip_norm": self.cfg.clip_norm, "delta": self.delta,
-            "accountant": self.cfg.accountant, "epsilon": epsilon(history, self.delta, self.cfg.accountant),
-            "epsilon_budget": self.cfg.target_epsilon,
+            "sample_rate": 1.0, "steps": 1, "clip_norm": self.cfg.dp.clip_norm, "delta": self.delta,
+            "accountant": self.cfg.dp.accountant, "epsilon": epsilon(history, self.delta, self.cfg.dp.accountant),
+            "epsilon_budget": self.cfg.dp.target_epsilon,
         })
 
     def chain(self) -> list[dict[str, Any]]:

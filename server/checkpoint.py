@@ -1,4 +1,4 @@
-"""Round checkpoints: written atomically after every round, read by ``resume-from``.
+"""Round checkpoints: written atomically after every round, read by ``federation.resume-from``.
 
 A checkpoint holds everything needed to continue exactly where a run stopped:
 the round just finished, the global arrays, the strategy's optimizer state,

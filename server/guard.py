@@ -114,9 +114,7 @@ class ReplyGuard(Strategy):
         pending: dict[bytes, int] = {}  # digest -> node, this round
         for msg in replies:
             node = msg.metadata.src_node_id
-            if msg.has_error():
-                report.failed.append((node, msg.error.reason))
-                log.warning("round %d: node %d did not train: %s", server_round, node, msg.error.reason)
+            if failed_reply(msg, report, server_round, "train"):
                 continue
             collect_privacy(msg, node, report)  # a spend is real even if the update is then rejected
             wire[node] = sum(r.count_bytes() for r in msg.content.array_records.values())
@@ -169,6 +167,15 @@ def upcast_fp16(msg: Message, reference: dict[str, np.ndarray]) -> None:
             ref = reference.get(key)
             if ref is not None and np.dtype(record[key].dtype) == np.float16 and np.issubdtype(ref.dtype, np.floating):
                 record[key] = Array(record[key].numpy().astype(ref.dtype))
+
+
+def failed_reply(msg: Message, report: RoundReport, server_round: int, what: str) -> bool:
+    """Record an error reply in ``report`` (and log it); True if ``msg`` is one."""
+    if not msg.has_error():
+        return False
+    report.failed.append((msg.metadata.src_node_id, msg.error.reason))
+    log.warning("round %d: node %d did not %s: %s", server_round, msg.metadata.src_node_id, what, msg.error.reason)
+    return True
 
 
 def collect_privacy(msg: Message, node: int, report: RoundReport) -> None:

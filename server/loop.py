@@ -45,10 +45,6 @@ from shared.seeding import torch_seed
 log = logging.getLogger("flwr")
 
 
-class InjectedFault(RuntimeError):
-    """Raised by ``fail-after-round`` to simulate a coordinator crash (tests, reliability runs)."""
-
-
 @dataclass(frozen=True)
 class FederatedSummary:
     """Outcome of a federated run."""
@@ -64,22 +60,22 @@ class FederatedSummary:
 def initial_model(cfg: RunConfig) -> tuple[OrderedDict[str, torch.Tensor], str]:
     """Global part of a fresh model (seeded) and the catalog hash nodes must match.
 
-    The coordinator needs only the item catalog (public pseudonyms): ``catalog-path`` in a
-    deployment, else the catalog of ``data-path`` (simulation).
+    The coordinator needs only the item catalog (public pseudonyms): ``data.catalog-path`` in a
+    deployment, else the catalog of ``data.path`` (simulation).
     """
     features = None
-    if cfg.catalog_path:
-        catalog = ItemCatalog.load(cfg.catalog_path)
+    if cfg.data.catalog_path:
+        catalog = ItemCatalog.load(cfg.data.catalog_path)
     else:
-        tables = load_tables(cfg.data_path, seed=cfg.seed, synthetic_users=cfg.synthetic_users,
-                             synthetic_items=cfg.synthetic_items)
+        tables = load_tables(cfg.data.path, seed=cfg.seed, synthetic_users=cfg.data.synthetic_users,
+                             synthetic_items=cfg.data.synthetic_items)
         catalog, features = tables.catalog, genre_matrix(tables)
     with torch_seed(cfg.seed, "global-init"):
         model = build_model(cfg, 1, len(catalog))
-    if cfg.item_init == "genres" and features is None:
+    if cfg.model.item_init == "genres" and features is None:
         raise ConfigError("item-init", "no public item genres available (prepare with --item-metadata and "
                                        "give data-path)")
-    if cfg.item_init != "random" and features is not None:  # genres, or auto with genres at hand
+    if cfg.model.item_init != "random" and features is not None:  # genres, or auto with genres at hand
         init_items_from_metadata(model, features, seed=cfg.seed)
     return global_state(model), catalog.content_hash
 
@@ -90,21 +86,23 @@ class FederatedRun:
     def __init__(self, cfg: RunConfig, grid: Grid, flower_run_id: int) -> None:
         self.cfg = cfg
         self.grid = grid
-        self.run_dir = Path(cfg.resume_from or cfg.run_dir or f"runs/run-{flower_run_id}").resolve()
+        where = cfg.federation.resume_from or cfg.federation.run_dir or f"runs/run-{flower_run_id}"
+        self.run_dir = Path(where).resolve()
         self.flower_run_id = flower_run_id
         self.ledger = FederationLedger(self.run_dir)
         self.central_dp: CentralDP | None = None
+        self.after_round: list = []  # callables(round), run after each round's checkpoint
 
     def _build_strategy(self, run_key: str) -> None:
-        if self.cfg.dp and self.cfg.privacy_unit == "node":
+        if self.cfg.dp.enabled and self.cfg.dp.unit == "node":
             self.central_dp = CentralDP(self.cfg, self.run_dir, run_key)
         self.strategy = build_strategy(self.cfg, self.central_dp)
-        self.strategy.compression = self.cfg.update_compression  # fp16 replies are upcast before validation
+        self.strategy.compression = self.cfg.transport.compression  # fp16 replies are upcast before validation
 
     # -------------------------------------------------------------------------
     def _start(self) -> tuple[checkpoint.Checkpoint, str]:
         init, catalog_hash = initial_model(self.cfg)
-        if self.cfg.resume_from:
+        if self.cfg.federation.resume_from:
             ck = checkpoint.load(self.run_dir)
             self._build_strategy(ck.run_key)
             state = dict(ck.strategy_state)
@@ -138,7 +136,7 @@ class FederatedRun:
 
     def _last_round(self) -> int:
         """The last training round of the run (the config's, unless a recipe chose fewer)."""
-        return self.cfg.num_server_rounds
+        return self.cfg.federation.rounds
 
     def execute(self) -> FederatedSummary:
         cfg = self.cfg
@@ -166,9 +164,9 @@ class FederatedRun:
                 log.warning("[fedrec] stopping before round %d: %s", rnd, reason)
                 break
             t0 = time.perf_counter()
-            log.info("[fedrec] round %d/%d", rnd, cfg.num_server_rounds)
+            log.info("[fedrec] round %d/%d", rnd, cfg.federation.rounds)
             record, arrays = self._train_round(rnd, arrays, catalog_hash, ck.run_key)
-            if rnd % cfg.eval_every == 0 or rnd == self._last_round():
+            if rnd % cfg.eval.every == 0 or rnd == self._last_round():
                 self._evaluate_round(rnd, arrays, catalog_hash, ck, record)
             record["seconds"] = time.perf_counter() - t0
             ck.round, ck.arrays = rnd, {k: a.numpy() for k, a in arrays.items()}
@@ -177,9 +175,9 @@ class FederatedRun:
             run.log(record)
             checkpoint.save(self.run_dir, ck)
             log.info("[fedrec] round %d done: %s", rnd, _brief(record))
-            if cfg.fail_after_round == rnd:
-                raise InjectedFault(f"fault injection: coordinator stops after round {rnd}")
-            if cfg.patience and ck.stale >= cfg.patience:
+            for hook in self.after_round:  # e.g. the simulation layer's coordinator-crash injection
+                hook(rnd)
+            if cfg.eval.patience and ck.stale >= cfg.eval.patience:
                 ck.stopped_early = True
                 checkpoint.save(self.run_dir, ck)
                 log.info("[fedrec] early stop after round %d (best round %d)", rnd, ck.best_round)
@@ -191,7 +189,7 @@ class FederatedRun:
     def _train_round(self, rnd: int, arrays: ArrayRecord, catalog_hash: str, run_key: str):
         config = ConfigRecord({"run-key": run_key, "catalog-hash": catalog_hash})
         messages = self.strategy.configure_train(rnd, arrays, config, self.grid)
-        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout))
         new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
         report = self.strategy.report
         received = [e for node, lines in report.ledgers.items() for e in self.ledger.update(node, lines)]
@@ -233,17 +231,17 @@ class FederatedRun:
                         record: dict[str, Any]) -> None:
         cfg = self.cfg
         config = ConfigRecord({"run-key": ck.run_key, "catalog-hash": catalog_hash, "roles": ",".join(ROLES),
-                               "full-rank": cfg.full_rank})
+                               "full-rank": cfg.eval.full_rank})
         messages = self.strategy.configure_evaluate(rnd, arrays, config, self.grid)
-        replies = list(self.grid.send_and_receive(messages, timeout=cfg.round_timeout))
+        replies = list(self.grid.send_and_receive(messages, timeout=cfg.federation.round_timeout))
         sums = self.strategy.aggregate_evaluate(rnd, replies) or {}
         record["evaluated_nodes"] = sum(1 for m in replies if not m.has_error())
         for role in ROLES:
-            record[role] = role_means(sums, role, cfg.top_k, cfg.task)
-        score = selection_score(record["val"], cfg.top_k, cfg.task)
+            record[role] = role_means(sums, role, cfg.eval.top_k, cfg.model.task)
+        score = selection_score(record["val"], cfg.eval.top_k, cfg.model.task)
         if score is None:
             return
-        if score > ck.best_score or cfg.dp:  # under DP, private validation selects nothing: the latest round
+        if score > ck.best_score or cfg.dp.enabled:  # under DP, private validation selects nothing: the latest round
             ck.best_score, ck.best_round, ck.stale = score, rnd, 0
             ck.best_arrays = {k: a.numpy().copy() for k, a in arrays.items()}
         else:
@@ -255,37 +253,40 @@ class FederatedRun:
         best_record = next((r for r in ck.history if r["round"] == ck.best_round), None)
         val = best_record.get("val") if best_record else None
         test = best_record.get("test") if best_record else None
-        if test is not None and not self.cfg.full_rank and self.cfg.task == "implicit":
+        if test is not None and not self.cfg.eval.full_rank and self.cfg.model.task == "implicit":
             test = {**test, **self._full_rank_test(best, ck)}
         run.save_model("model.pt", {"config": self.cfg.to_flower_config(), "global": {
             k: torch.from_numpy(np.array(v)) for k, v in best.items()}, "round": ck.best_round or ck.round})
         run.write_json("summary.json", {"rounds_run": ck.round, "best_round": ck.best_round, "val": val, "test": test,
                                         "stopped_early": ck.stopped_early, "run_key": ck.run_key})
         self.manifest.close(ck.round)
-        write_plots(ck.history, self.run_dir, title=f"federated {self.cfg.model} ({self.cfg.strategy})")
+        write_plots(ck.history, self.run_dir, title=f"federated {self.cfg.model.name} ({self.cfg.federation.strategy})")
         log.info("[fedrec] finished: best round %d, val %s, test %s", ck.best_round, val, test)
         return FederatedSummary(self.run_dir, ck.round, ck.best_round, val, test, ck.stopped_early)
 
     def _full_rank_test(self, best: dict[str, np.ndarray], ck: checkpoint.Checkpoint) -> dict[str, float]:
         """One extra federated evaluation of the selected model on the test split, full-rank.
 
-        Runs with ``full-rank = false`` evaluate cheaply (sampled) every round; the published full-rank
+        Runs with ``eval.full-rank = false`` evaluate cheaply (sampled) every round; the published full-rank
         figures come from this single pass over the model that validation selected.
         """
         arrays = ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in best.items()})
         config = ConfigRecord({"run-key": ck.run_key, "catalog-hash": self.catalog_hash, "roles": "test",
                                "full-rank": True})
         messages = self.strategy.configure_evaluate(ck.round + 1, arrays, config, self.grid)
-        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
-        means = role_means(self.strategy.aggregate_evaluate(ck.round + 1, replies) or {}, "test", self.cfg.top_k,
-                           self.cfg.task) or {}
+        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout))
+        means = role_means(self.strategy.aggregate_evaluate(ck.round + 1, replies) or {}, "test", self.cfg.eval.top_k,
+                           self.cfg.model.task) or {}
         log.info("[fedrec] full-rank test of the selected model: %s", means)
         return {k: v for k, v in means.items() if "full" in k or k.startswith("ild")}
 
 
 def _brief(record: dict[str, Any]) -> str:
-    parts = [f"loss {record['train_loss']:.4f}" if record.get("train_loss") is not None else "no update",
-             f"nodes {len(record['nodes'])}/{record['sampled']}"]
+    if record.get("train_loss") is not None:
+        first = f"loss {record['train_loss']:.4f}"
+    else:  # a noisy-sum release reports no loss (it would be a non-private statistic)
+        first = "sum released" if record["nodes"] else "no update"
+    parts = [first, f"nodes {len(record['nodes'])}/{record['sampled']}"]
     failed, missing = len(record.get("failed") or []), record.get("missing", 0)
     if failed or missing:
         parts.append(f"answered {record['answered']}/{record['sampled']} (failed {failed}, "

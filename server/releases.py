@@ -1,13 +1,13 @@
-"""The coordinator's side of noisy-sum releases (``dp-mechanism = "sgd"``): sum, noise, step.
+"""The coordinator's side of noisy-sum releases (``dp.mechanism = "sgd"``): sum, noise, step.
 
 Round 0 is the DP item-frequency release: the summed noisy counts give DP popularity (kept in
 the run directory, ``dp_item_counts.npy``: the private floor), the DP user count ``N`` and the
 item biases' starting point ``log(1 + count) - mean``. Every round after is one DP-SGD step:
 the nodes' clipped-gradient sums, summed over nodes (in the clear, or by SecAgg+ through
-:class:`server.secagg.SecAggReleases`), plus the coordinator's noise under ``dp-noise =
-central``, divided by the expected batch ``q * N``, drive a momentum SGD step (``dp-server-lr``,
-``dp-server-momentum``) of the global part; item rows whose DP count is below
-``dp-train-min-count`` keep their public (genre) initialisation. Everything here is
+:class:`server.secagg.SecAggReleases`), plus the coordinator's noise under ``dp.noise =
+central``, divided by the expected batch ``q * N``, drive a momentum SGD step (``dp.server-lr``,
+``dp.server-momentum``) of the global part; item rows whose DP count is below
+``dp.train-min-count`` keep their public (genre) initialisation. Everything here is
 post-processing of the releases, so it costs no privacy.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
-from server.guard import RoundReport, collect_privacy, reply_problem
+from server.guard import RoundReport, collect_privacy, failed_reply, reply_problem
 from server.loop import FederatedRun
 from shared.atomic import atomic_write_bytes
 from shared.config import RunConfig
@@ -42,12 +42,12 @@ RHO_MIN = 1500.0
 
 def training_rounds(cfg: RunConfig, users: float) -> int:
     """Rounds to train, from public settings and the DP user count only (no privacy cost)."""
-    rho = cfg.target_epsilon * cfg.dp_sample_rate * users
+    rho = cfg.dp.target_epsilon * cfg.dp.sample_rate * users
     if rho < RHO_MIN:
         return 0
-    if cfg.dp_mechanism == "als":
-        return cfg.num_server_rounds
-    return int(min(cfg.num_server_rounds, max(1, round(rho / RHO_PER_ROUND))))
+    if cfg.dp.mechanism == "als":
+        return cfg.federation.rounds
+    return int(min(cfg.federation.rounds, max(1, round(rho / RHO_PER_ROUND))))
 
 
 class Releases:
@@ -86,15 +86,13 @@ class ReleaseRun(FederatedRun):
     def _sum(self, rnd: int, arrays: ArrayRecord, reference: dict[str, np.ndarray], config: dict[str, Any]):
         """Sum of the valid replies' arrays (plus central noise later); (sum, report)."""
         messages = self.strategy.configure_train(rnd, arrays, ConfigRecord(config), self.grid)
-        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.round_timeout))
+        replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout))
         report = RoundReport(sampled=len(messages), bytes_down=arrays.count_bytes())
         total = {k: np.zeros_like(v, dtype=np.float64) for k, v in reference.items()}
         multipliers, seconds = [], []
         for msg in replies:
             node = msg.metadata.src_node_id
-            if msg.has_error():
-                report.failed.append((node, msg.error.reason))
-                log.warning("round %d: node %d did not release: %s", rnd, node, msg.error.reason)
+            if failed_reply(msg, report, rnd, "release"):
                 continue
             collect_privacy(msg, node, report)
             problem = reply_problem(msg, reference, math.inf)
@@ -114,7 +112,7 @@ class ReleaseRun(FederatedRun):
         return total, report, max(multipliers, default=0.0)
 
     def _central_noise(self, total: dict[str, np.ndarray], z: float, sensitivity: float) -> None:
-        if self.cfg.dp_noise != "central" or z <= 0:
+        if self.cfg.dp.noise != "central" or z <= 0:
             return
         randomness = SecretRandomness.fresh()
         for value in total.values():
@@ -122,13 +120,13 @@ class ReleaseRun(FederatedRun):
 
     # --- round 0: DP item counts -------------------------------------------------------------
     def _before_rounds(self, arrays: ArrayRecord, catalog_hash: str, run_key: str) -> ArrayRecord:
-        if self.releases.counts is not None or self.cfg.dp_frequency_share <= 0:
+        if self.releases.counts is not None or self.cfg.dp.frequency_share <= 0:
             return arrays
         n_items = next(a for k, a in arrays.items() if k.startswith("item_emb.")).numpy().shape[0]
         reference = {COUNTS: np.zeros(n_items + 1, np.float64)}
         config = {"run-key": run_key, "catalog-hash": catalog_hash, "release": "frequency"}
         total, report, z = self._sum(0, arrays, reference, config)
-        self._central_noise(total, z, math.sqrt(self.cfg.dp_frequency_cap + 1))
+        self._central_noise(total, z, math.sqrt(self.cfg.dp.frequency_cap + 1))
         self._log_ledgers(0, report)
         if not report.accepted:
             log.warning("[fedrec] no node released its item counts: item biases start at zero")
@@ -141,7 +139,7 @@ class ReleaseRun(FederatedRun):
             log.info("[fedrec] too little data for this epsilon: the rest of the budget goes to a second release of "
                      "the item counts and the floor model (public genre vectors, DP item biases) is released")
             again, report2, z2 = self._sum(0, arrays, reference, {**config, "final": True})
-            self._central_noise(again, z2, math.sqrt(self.cfg.dp_frequency_cap + 1))
+            self._central_noise(again, z2, math.sqrt(self.cfg.dp.frequency_cap + 1))
             self._log_ledgers(0, report2)
             if report2.accepted and z > 0 and z2 > 0:  # inverse-variance weighted: same sensitivity, noise z and z2
                 w1, w2 = 1 / z**2, 1 / z2**2
@@ -154,7 +152,7 @@ class ReleaseRun(FederatedRun):
         return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()})
 
     def _last_round(self) -> int:
-        return self.cfg.num_server_rounds if self.releases.rounds is None else self.releases.rounds
+        return self.cfg.federation.rounds if self.releases.rounds is None else self.releases.rounds
 
     def _log_ledgers(self, rnd: int, report: RoundReport) -> None:
         received = [e for node, lines in report.ledgers.items() for e in self.ledger.update(node, lines)]
@@ -168,13 +166,13 @@ class ReleaseRun(FederatedRun):
         config = {"run-key": run_key, "catalog-hash": catalog_hash, "release": "gradient",
                   "planned-rounds": self._last_round()}
         total, report, z = self._sum(rnd, arrays, reference, config)
-        self._central_noise(total, z, cfg.clip_norm)
+        self._central_noise(total, z, cfg.dp.clip_norm)
         self._log_ledgers(rnd, report)
         record = self._record(rnd, report)
         if not report.accepted:
             log.warning("[fedrec] round %d: no release; the global model is unchanged", rnd)
             return record, arrays
-        batch = max(cfg.dp_sample_rate * self.releases.users, 1.0)
+        batch = max(cfg.dp.sample_rate * self.releases.users, 1.0)
         frozen = self._frozen_rows()
         new = {}
         for key, value in arrays.items():
@@ -182,16 +180,16 @@ class ReleaseRun(FederatedRun):
             if frozen is not None and key.startswith("item_emb."):
                 grad[frozen] = 0.0
             m = self.releases.momentum.get(key)
-            m = grad if m is None else cfg.dp_server_momentum * m + grad
+            m = grad if m is None else cfg.dp.server_momentum * m + grad
             self.releases.momentum[key] = m
             old = value.numpy()
-            new[key] = torch.from_numpy((old - cfg.dp_server_lr * m).astype(old.dtype))
+            new[key] = torch.from_numpy((old - cfg.dp.server_lr * m).astype(old.dtype))
         return record, ArrayRecord(new)
 
     def _frozen_rows(self) -> np.ndarray | None:
-        if self.cfg.dp_train_min_count <= 0 or self.releases.counts is None:
+        if self.cfg.dp.train_min_count <= 0 or self.releases.counts is None:
             return None
-        return self.releases.counts[:-1] < self.cfg.dp_train_min_count
+        return self.releases.counts[:-1] < self.cfg.dp.train_min_count
 
     def _record(self, rnd: int, report: RoundReport) -> dict[str, Any]:
         record: dict[str, Any] = {

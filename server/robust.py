@@ -4,10 +4,10 @@
   update accepted before — the node's own from an earlier round, or another node's — is rejected. A reply
   equal to the model the coordinator sent (no training at all) is not a replay. The registry is saved with
   the strategy state in every checkpoint, so a resumed run still knows what it accepted.
-- :func:`bound_update`: norm bounding (``norm-bound``): an update ``new - old`` longer than the bound is
+- :func:`bound_update`: norm bounding (``federation.norm-bound``): an update ``new - old`` longer than the bound is
   scaled down to it before aggregation (Sun et al. 2019, "Can you really backdoor federated learning?").
-- :func:`aggregator`: ``aggregation = "mean" | "median" | "trimmed-mean"`` with Flower's FedAvg,
-  FedMedian (coordinate-wise median, Yin et al. 2018) or FedTrimmedAvg (``trim-fraction`` cut per tail);
+- :func:`aggregator`: ``federation.aggregation = "mean" | "median" | "trimmed-mean"`` with Flower's FedAvg,
+  FedMedian (coordinate-wise median, Yin et al. 2018) or FedTrimmedAvg (``federation.trim-fraction`` cut per tail);
   ``"row-mean"`` (:mod:`server.row_mean`) is not a defense but FedAvg for sparse one-user updates.
 """
 
@@ -90,12 +90,12 @@ def bound_update(record: ArrayRecord, reference: Mapping[str, np.ndarray], bound
 
 
 def aggregator(cfg: RunConfig, common: Mapping[str, Any]) -> FedAvg:
-    """The FedAvg-family strategy of ``cfg.aggregation``."""
-    if cfg.aggregation == "median":
+    """The FedAvg-family strategy of ``cfg.federation.aggregation``."""
+    if cfg.federation.aggregation == "median":
         return FedMedian(**common)
-    if cfg.aggregation == "trimmed-mean":
-        return FedTrimmedAvg(beta=cfg.trim_fraction, **common)
-    if cfg.aggregation == "row-mean":
+    if cfg.federation.aggregation == "trimmed-mean":
+        return FedTrimmedAvg(beta=cfg.federation.trim_fraction, **common)
+    if cfg.federation.aggregation == "row-mean":
         from server.row_mean import RowMeanFedAvg
 
         return RowMeanFedAvg(**common)

@@ -1,4 +1,4 @@
-"""Row-wise FedAvg for sparse updates (``aggregation = "row-mean"``).
+"""Row-wise FedAvg for sparse updates (``federation.aggregation = "row-mean"``).
 
 With one user (or a few) per node, a node's update changes only the item rows it trained on; every other row
 comes back exactly as sent. Plain FedAvg averages each row over *all* sampled nodes, so a row moves by the share

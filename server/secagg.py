@@ -47,11 +47,11 @@ LEDGER_KEY = "ledger"  # fit metric holding the node's ledger chain (see client.
 
 def check_config(cfg: RunConfig) -> None:
     """Options that cannot be combined with secure aggregation."""
-    if cfg.strategy == "fedadam":
+    if cfg.federation.strategy == "fedadam":
         raise ConfigError("strategy", "secure-aggregation computes FedAvg (use fedavg or fedprox)")
-    if cfg.update_compression != "none":
+    if cfg.transport.compression != "none":
         raise ConfigError("update-compression", "secure-aggregation quantizes updates itself; use none")
-    if cfg.min_nodes < 2:
+    if cfg.federation.min_nodes < 2:
         raise ConfigError("min-nodes", "secure-aggregation needs at least 2 nodes per round")
 
 
@@ -59,7 +59,7 @@ class SumOnlyFedAvg(FedAvg):
     """Legacy FedAvg for SecAgg+: seeded sampling, fedrec's fit config, keeps what the protocol reveals."""
 
     def __init__(self, cfg: RunConfig, config: dict[str, Any]) -> None:
-        super().__init__(fraction_fit=cfg.fraction_train, fraction_evaluate=0.0, min_fit_clients=2,
+        super().__init__(fraction_fit=cfg.federation.fraction_train, fraction_evaluate=0.0, min_fit_clients=2,
                          min_evaluate_clients=0, min_available_clients=2, accept_failures=True)
         self.cfg = cfg
         self.config = config
@@ -69,7 +69,7 @@ class SumOnlyFedAvg(FedAvg):
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager):
         proxies = sorted(client_manager.all().values(), key=lambda p: p.node_id)
-        k = min(len(proxies), max(2, math.ceil(self.cfg.fraction_train * len(proxies))))
+        k = min(len(proxies), max(2, math.ceil(self.cfg.federation.fraction_train * len(proxies))))
         chosen = random.Random(derive(self.cfg.seed, "sample-train", server_round)).sample(proxies, k)
         self.sampled = sorted(p.node_id for p in chosen)
         return [(p, FitIns(parameters, dict(self.config))) for p in chosen]
@@ -115,9 +115,9 @@ class SecAggRun(FederatedRun):
 
     def _train_round(self, rnd: int, arrays: ArrayRecord, catalog_hash: str, run_key: str):
         config: dict[str, Any] = {"run-key": run_key, "catalog-hash": catalog_hash}
-        if self.cfg.strategy == "fedprox":
-            config["proximal-mu"] = self.cfg.proximal_mu
-        strategy, tap = secure_round(self, rnd, arrays, config, max_weight=self.cfg.secagg_max_weight)
+        if self.cfg.federation.strategy == "fedprox":
+            config["proximal-mu"] = self.cfg.federation.proximal_mu
+        strategy, tap = secure_round(self, rnd, arrays, config, max_weight=self.cfg.transport.secagg_max_weight)
         return self._record(rnd, arrays, strategy, tap)
 
     def _record(self, rnd: int, arrays: ArrayRecord, strategy: SumOnlyFedAvg, tap: _TapGrid):
@@ -145,7 +145,8 @@ class SecAggRun(FederatedRun):
         if strategy.aggregate is None:
             log.warning("[fedrec] round %d: secure aggregation produced no aggregate; the model is unchanged", rnd)
             return record, arrays
-        new, problem = _check_aggregate(arrays, parameters_to_ndarrays(strategy.aggregate), self.cfg.max_update_norm)
+        new, problem = _check_aggregate(arrays, parameters_to_ndarrays(strategy.aggregate),
+                                        self.cfg.federation.max_update_norm)
         if problem:
             record["rejected"] = [[0, f"secure aggregate: {problem}"]]
             log.warning("[fedrec] round %d: rejected the secure aggregate: %s", rnd, problem)
@@ -154,10 +155,10 @@ class SecAggRun(FederatedRun):
 
 
 def wait_for_nodes(grid: Grid, cfg: RunConfig) -> list[int]:
-    """The connected nodes, once ``min-nodes`` are there (or the round timeout passed)."""
-    deadline = time.monotonic() + cfg.round_timeout
+    """The connected nodes, once ``federation.min-nodes`` are there (or the round timeout passed)."""
+    deadline = time.monotonic() + cfg.federation.round_timeout
     nodes = sorted(grid.get_node_ids())
-    while len(nodes) < cfg.min_nodes and time.monotonic() < deadline:
+    while len(nodes) < cfg.federation.min_nodes and time.monotonic() < deadline:
         time.sleep(1.0)
         nodes = sorted(grid.get_node_ids())
     return nodes
@@ -173,16 +174,16 @@ def secure_round(run: FederatedRun, rnd: int, arrays: ArrayRecord, config: dict[
     for node in wait_for_nodes(run.grid, cfg):
         manager.register(GridClientProxy(node_id=node, grid=run.grid, run_id=run.flower_run_id))
     base = Context(run_id=run.flower_run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    legacy = LegacyContext(base, config=ServerConfig(num_rounds=cfg.num_server_rounds), strategy=strategy,
+    legacy = LegacyContext(base, config=ServerConfig(num_rounds=cfg.federation.rounds), strategy=strategy,
                            client_manager=manager)
     legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})
     legacy.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
         ndarrays_to_parameters([a.numpy() for a in arrays.values()]), True)
     tap = _TapGrid(run.grid)
     random.seed(derive(cfg.seed, "secagg-neighbours", rnd))  # the workflow shuffles with `random`
-    workflow = SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=cfg.secagg_threshold,
+    workflow = SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=cfg.transport.secagg_threshold,
                                   max_weight=max_weight, quantization_range=quantization_range,
-                                  timeout=cfg.round_timeout)
+                                  timeout=cfg.federation.round_timeout)
     workflow(tap, legacy)
     return strategy, tap
 
@@ -207,7 +208,7 @@ def _check_aggregate(old: ArrayRecord, values: list[np.ndarray], max_norm: float
 
 
 class SecAggReleases(ReleaseRun):
-    """Noisy-sum releases whose sum only SecAgg+ reveals (``dp-noise = distributed``)."""
+    """Noisy-sum releases whose sum only SecAgg+ reveals (``dp.noise = distributed``)."""
 
     def __init__(self, cfg: RunConfig, grid: Grid, flower_run_id: int) -> None:
         check_config(cfg)
@@ -216,7 +217,7 @@ class SecAggReleases(ReleaseRun):
     def _sum(self, rnd: int, arrays: ArrayRecord, reference: dict[str, np.ndarray], config: dict[str, Any]):
         cfg = self.cfg
         available = len(wait_for_nodes(self.grid, cfg))
-        sampled = min(available, max(2, math.ceil(cfg.fraction_train * available)))
+        sampled = min(available, max(2, math.ceil(cfg.federation.fraction_train * available)))
         levels = quantization_levels(sampled)
         strategy, tap = secure_round(self, rnd, arrays, {**config, "secagg-levels": levels}, max_weight=1.0,
                                      quantization_range=levels)
@@ -235,7 +236,7 @@ class SecAggReleases(ReleaseRun):
         if strategy.aggregate is None:
             return total, report, 0.0
         mean = parameters_to_ndarrays(strategy.aggregate)
-        factor = len(included) * scale(cfg.secagg_max_users, release_unit(cfg, str(config["release"])))
+        factor = len(included) * scale(cfg.transport.secagg_max_users, release_unit(cfg, str(config["release"])))
         for key, value in zip(reference, mean, strict=True):
             total[key] = np.asarray(value, dtype=np.float64).reshape(reference[key].shape) * factor
         report.accepted = included

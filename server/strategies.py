@@ -1,8 +1,8 @@
 """Build the configured Flower strategy and its metric aggregation.
 
 FedAvg (default), FedProx (the proximal term is applied by the node's trainer;
-the strategy sends ``proximal-mu``) or FedAdam (server-side Adam on the averaged
-update). With FedAvg, ``aggregation`` may replace the mean by a coordinate-wise
+the strategy sends ``federation.proximal-mu``) or FedAdam (server-side Adam on the averaged
+update). With FedAvg, ``federation.aggregation`` may replace the mean by a coordinate-wise
 median or trimmed mean (:mod:`server.robust`). Evaluation metrics are *sums and
 counts*, so they are aggregated by summation, never by averaging averages.
 """
@@ -42,28 +42,29 @@ def train_metrics(records: list[RecordDict], weight_key: str) -> MetricRecord:
 
 
 def build_strategy(cfg: RunConfig, central_dp: CentralDP | None = None) -> ReplyGuard:
-    """The inner strategy of ``cfg.strategy`` (inside node-level DP when given), wrapped in the reply guard."""
+    """The inner strategy of ``federation.strategy`` (inside node-level DP when given), wrapped in the reply guard."""
     common = dict(
-        fraction_train=cfg.fraction_train,
-        fraction_evaluate=cfg.fraction_evaluate,
+        fraction_train=cfg.federation.fraction_train,
+        fraction_evaluate=cfg.federation.fraction_evaluate,
         min_train_nodes=1,
-        min_evaluate_nodes=1 if cfg.fraction_evaluate > 0 else 0,
-        min_available_nodes=cfg.min_nodes,
+        min_evaluate_nodes=1 if cfg.federation.fraction_evaluate > 0 else 0,
+        min_available_nodes=cfg.federation.min_nodes,
         train_metrics_aggr_fn=train_metrics,
         evaluate_metrics_aggr_fn=sum_metrics,
     )
     inner: Strategy
-    if cfg.strategy == "fedprox":
-        inner = FedProx(proximal_mu=cfg.proximal_mu, **common)
-    elif cfg.strategy == "fedadam":
-        inner = FedAdam(eta=cfg.server_lr, eta_l=cfg.lr, **common)
+    if cfg.federation.strategy == "fedprox":
+        inner = FedProx(proximal_mu=cfg.federation.proximal_mu, **common)
+    elif cfg.federation.strategy == "fedadam":
+        inner = FedAdam(eta=cfg.federation.server_lr, eta_l=cfg.train.lr, **common)
     else:
         inner = aggregator(cfg, common)
     if central_dp is not None:
-        if cfg.strategy != "fedavg":
+        if cfg.federation.strategy != "fedavg":
             raise ConfigError("strategy", "node-level DP runs with fedavg (equal-weight average + noise)")
         inner = central_dp.wrap(FedAvg(**common, weighted_by_key="node-weight"))
-    return ReplyGuard(inner, max_update_norm=cfg.max_update_norm, seed=cfg.seed, norm_bound=cfg.norm_bound)
+    return ReplyGuard(inner, max_update_norm=cfg.federation.max_update_norm, seed=cfg.seed,
+                      norm_bound=cfg.federation.norm_bound)
 
 
 STATE_ATTRS = ("m_t", "v_t")

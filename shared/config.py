@@ -1,10 +1,17 @@
-"""The typed run configuration.
+"""The typed run configuration: grouped keys, one validation, documented fields.
 
-One flat set of kebab-case keys, the same as ``[tool.flwr.app.config]`` in
-``pyproject.toml`` (a test keeps the two equal), overridable with
-``flwr run --run-config`` or ``fedrec ... --set key=value``. Everything reads the
-:class:`RunConfig` built by :func:`RunConfig.from_mapping`, which validates every
-key once and names the key on error.
+The run configuration is ``[tool.flwr.app.config]`` in ``pyproject.toml``, overridable with
+``flwr run --run-config`` or ``fedrec ... --set key=value``. Keys are grouped with dots in
+Flower's convention (``data.*``, ``model.*``, ``train.*``, ``dp.*``, ``federation.*``,
+``eval.*``, ``transport.*``, and ``sim.*`` for what only simulations read) and validated once,
+by :meth:`RunConfig.from_mapping`, into nested frozen dataclasses: key ``dp.target-epsilon`` is
+``cfg.dp.target_epsilon``. Every field documents its meaning and unit in its metadata, from
+which ``docs/reference/configuration.md`` is generated (``python -m fedrec.docs``), so the
+reference cannot drift from the code. One sentinel convention: ``0`` or ``""`` means "not set"
+and the documented default applies. Cross-key rules live in one function, :func:`check_rules`.
+
+The flat keys of earlier versions (``target-epsilon``, ``num-server-rounds``, ...) still load,
+each mapped to its new name with a one-time deprecation warning (:data:`OLD_KEYS`).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,198 +30,368 @@ from shared.errors import ConfigError
 Scalar = bool | int | float | str
 
 
+def opt(default: Scalar, help: str, *, unit: str = "", choices: tuple[str, ...] = (), lo: float | None = None,
+        hi: float | None = None, lo_open: bool = False) -> Any:
+    """A documented, validated config field."""
+    return field(default=default, metadata={"help": help, "unit": unit, "choices": choices,
+                                            "range": (lo, hi, lo_open)})
+
+
 def _key(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _choice(*options: str) -> dict[str, Any]:
-    return {"choices": options}
+@dataclass(frozen=True)
+class DataConfig:
+    """``data.*``: which interactions, and how a simulation splits them over nodes."""
+
+    path: str = opt("synthetic", "A prepared dataset directory, `movielens:ml-100k` / `movielens:ml-1m` (under "
+                    "$FEDREC_DATA_DIR), or `synthetic` for the embedded generator.")
+    synthetic_users: int = opt(943, "Users of the synthetic data.", unit="users", lo=10)
+    synthetic_items: int = opt(1682, "Items of the synthetic data.", unit="items", lo=20)
+    partitioner: str = opt("silos", "How a simulation splits users over nodes: equal random silos, one user per "
+                           "node (cross-device), or non-IID taste clusters.",
+                           choices=("silos", "user-per-node", "dirichlet"))
+    partitions: int = opt(2, "Simulated nodes (user-per-node: set to the number of users by `fedrec simulate`).",
+                          unit="nodes", lo=1)
+    dirichlet_alpha: float = opt(0.5, "Dirichlet concentration of the non-IID split (small = skewed).",
+                                 lo=0, lo_open=True)
+    catalog_path: str = opt("", "Coordinator in a deployment: the federation's catalog.parquet. Not set: the "
+                            "catalog of `data.path`.")
 
 
-def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> dict[str, Any]:
-    return {"range": (lo, hi, lo_open)}
+@dataclass(frozen=True)
+class ModelConfig:
+    """``model.*``: the recommender."""
+
+    name: str = opt("neumf", "NeuMF (GMF + MLP towers), GMF, or the sigmoid MLP.", choices=("neumf", "gmf", "mlp"))
+    task: str = opt("implicit", "Implicit feedback (BCE on sampled negatives) or explicit ratings (MSE).",
+                    choices=("implicit", "explicit"))
+    embedding_dim: int = opt(32, "Size of every user and item vector.", unit="dimensions", lo=1, hi=1024)
+    mlp_layers: str = opt("64,32,16", "Hidden layer widths of the MLP tower, comma-separated.", unit="units")
+    mlp_activation: str = opt("sigmoid", "Activation of `model.name = mlp`.", choices=("sigmoid", "relu", "tanh"))
+    item_bias: bool = opt(True, "A global per-item logit offset (under DP it starts at the DP log-popularity).")
+    item_init: str = opt("auto", "Item vectors from public genres, random, or `auto` (genres when the data has "
+                         "them).", choices=("auto", "random", "genres"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train.*``: local training on a node (and the centralized reference)."""
+
+    optimizer: str = opt("adam", "Local optimizer (SGD has momentum 0.9).", choices=("adam", "sgd"))
+    lr: float = opt(0.001, "Learning rate of local training.", lo=0, lo_open=True)
+    item_lr: float = opt(0.0, "Learning rate of the item tables. Not set (0): `train.lr`.", lo=0)
+    freeze_items: bool = opt(False, "Keep the item tables fixed (neither trained nor, under DP, noised).")
+    bias_lr: float = opt(0.0, "Learning rate of the item-bias table. Not set (0): `train.lr`.", lo=0)
+    weight_decay: float = opt(0.0, "L2 weight decay.", lo=0)
+    batch_size: int = opt(256, "Training interactions per step (non-private training).", unit="interactions",
+                          lo=1)
+    local_epochs: int = opt(1, "Passes over the node's interactions per round.", unit="epochs", lo=1)
+    negatives: int = opt(4, "Uniform negatives sampled per positive.", unit="items", lo=1, hi=1000)
+    user_epochs: int = opt(1, "Noise-free local passes over the user rows before each round's training.",
+                           unit="epochs", lo=0)
+    user_lr: float = opt(0.01, "Learning rate of those user passes.", lo=0, lo_open=True)
+    epochs: int = opt(20, "`fedrec train` (centralized reference): epochs.", unit="epochs", lo=1)
+    pretrain_epochs: int = opt(0, "`fedrec train`, NeuMF: NCF pretraining epochs of the GMF and MLP towers.",
+                               unit="epochs", lo=0)
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """``federation.*``: the coordinator's rounds, sampling, aggregation and run directory."""
+
+    rounds: int = opt(10, "Training rounds (under DP, at most: the DP recipe may choose fewer).", unit="rounds",
+                      lo=1)
+    fraction_train: float = opt(1.0, "Fraction of the available nodes sampled to train each round.",
+                                lo=0, hi=1, lo_open=True)
+    fraction_evaluate: float = opt(1.0, "Fraction of the nodes that evaluate each evaluation round.", lo=0, hi=1)
+    min_nodes: int = opt(2, "Nodes that must be connected before a round starts.", unit="nodes", lo=1)
+    strategy: str = opt("fedavg", "FedAvg, FedProx or FedAdam.", choices=("fedavg", "fedprox", "fedadam"))
+    proximal_mu: float = opt(0.01, "FedProx's proximal weight.", lo=0)
+    server_lr: float = opt(0.01, "FedAdam's server learning rate.", lo=0, lo_open=True)
+    aggregation: str = opt("mean", "Mean, robust coordinate-wise median / trimmed mean, or row-mean (each item "
+                           "row over the nodes that changed it).",
+                           choices=("mean", "median", "trimmed-mean", "row-mean"))
+    trim_fraction: float = opt(0.2, "Trimmed mean: fraction cut from each tail.", lo=0, hi=0.49)
+    norm_bound: float = opt(0.0, "Scale every accepted update down to this L2 norm. Not set (0): off.",
+                            unit="L2 norm of a node's update", lo=0)
+    max_update_norm: float = opt(100.0, "Reject a reply whose update is longer.", unit="L2 norm of a node's "
+                                 "update", lo=0, lo_open=True)
+    round_timeout: float = opt(3600.0, "How long the coordinator waits for a round's replies.", unit="seconds",
+                               lo=0, lo_open=True)
+    run_dir: str = opt("", "Coordinator: where the run directory goes. Not set: ./runs/run-<id>.")
+    resume_from: str = opt("", "Coordinator: a run directory whose checkpoint the run continues from.")
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """``transport.*``: what travels between node and coordinator."""
+
+    secure_aggregation: bool = opt(False, "SecAgg+: the coordinator learns only the sum of the updates.")
+    secagg_threshold: float = opt(0.6, "SecAgg+: fraction of the sampled nodes needed to reveal a sum (and, under "
+                                  "distributed noise, to carry the planned noise).", lo=0, hi=1, lo_open=True)
+    secagg_max_weight: float = opt(1e6, "SecAgg+ model averaging: at least any node's number of examples.",
+                                   unit="examples", lo=1)
+    secagg_max_users: int = opt(10_000, "SecAgg+ releases: at least any node's number of privacy units.",
+                                unit="units", lo=1)
+    compression: str = opt("none", "float16 replies halve the bytes up.", choices=("none", "fp16"))
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """``dp.*``: differential privacy of every node, for the whole run."""
+
+    enabled: bool = opt(True, "Train with DP (the main job is private; false for the non-private reference).")
+    unit: str = opt("user", "Who is protected: a user of a node, one interaction, or a whole node (DP-FedAvg).",
+                    choices=("user", "interaction", "node"))
+    target_epsilon: float = opt(8.0, "Budget per node for the whole run.", unit="epsilon", lo=0, lo_open=True)
+    delta: float = opt(0.0, "Not set (0): min(1e-5, 1/(10 n)) for the node's n units; never above 1/n.",
+                       unit="delta", lo=0, hi=1)
+    accountant: str = opt("prv", "PRV (Opacus; tight) or Renyi DP.", choices=("prv", "rdp"))
+    mechanism: str = opt("sgd", "sgd: one noisy clipped-gradient sum per round, stepped by the coordinator; "
+                         "local-sgd: DP-SGD steps on each node, models averaged; als: DP alternating least "
+                         "squares.", choices=("sgd", "local-sgd", "als"))
+    noise: str = opt("distributed", "Where the noise goes: every node adds it all (local), the coordinator adds "
+                     "it (central; trusted), or shares under SecAgg+ (distributed; trusts SecAgg+ and honest "
+                     "nodes).", choices=("local", "central", "distributed"))
+    clip_norm: float = opt(0.1, "Per-unit clipping of the gradient (node unit: of the node's update).",
+                           unit="L2 norm", lo=0, lo_open=True)
+    sample_rate: float = opt(1.0, "Poisson probability of each unit per step; rounded to 1/ceil(n / "
+                             "round(q n)) so that Opacus's loader uses it exactly (the ledger records the "
+                             "rate used).", unit="probability", lo=0, hi=1, lo_open=True)
+    max_interactions: int = opt(64, "A user unit's interactions per step (drawn at random; ALS: items per user "
+                                "in a pass).", unit="interactions", lo=1)
+    frequency_share: float = opt(0.1, "Share of the budget on the DP item counts (sgd, als).", lo=0, hi=0.9)
+    frequency_cap: int = opt(50, "Items counted per user in the DP item counts.", unit="items", lo=1)
+    train_min_count: float = opt(0.0, "Train only items with at least this DP count (others keep their public "
+                                 "vectors). Not set (0): all.", unit="users", lo=0)
+    server_lr: float = opt(20.0, "sgd: the coordinator's momentum SGD rate on the mean clipped gradient.",
+                           lo=0, lo_open=True)
+    server_momentum: float = opt(0.9, "sgd: its momentum.", lo=0, hi=0.999)
+    als_l2: float = opt(1.0, "als: ridge of the user and item solves.", lo=0, lo_open=True)
+    als_unobserved_weight: float = opt(0.5, "als: iALS weight of unobserved items.", lo=0)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """``eval.*``: federated evaluation and model selection."""
+
+    top_k: int = opt(10, "List length of HR@k and NDCG@k (and of recommendations).", unit="items", lo=1, hi=1000)
+    every: int = opt(1, "Evaluate every this many rounds (and after the last).", unit="rounds", lo=1)
+    patience: int = opt(5, "Stop after this many evaluations without a better validation HR (never under DP). "
+                        "Not set (0): no early stopping.", unit="evaluations", lo=0)
+    full_rank: bool = opt(True, "Rank against every unseen item each evaluation (else only at the end).")
+    user_epochs: int = opt(0, "Refit a copy of the user rows to the received global part before evaluating and "
+                           "serving (FedRecon). Not set (0): off.", unit="epochs", lo=0)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """``sim.*``: read by the simulation layer only (production nodes and coordinator never act on it)."""
+
+    node_state_dir: str = opt("", "Base directory of the simulated nodes' state. Not set: the cache directory.")
+    client_threads: int = opt(1, "PyTorch threads of each simulated node.", unit="threads", lo=1, hi=64)
+    chunk_pairs: int = opt(8192, "Memory bound of a DP step: scored pairs per physical chunk (the result is "
+                           "exactly the same).", unit="pairs", lo=1)
+    fault_dropout: float = opt(0.0, "Fault injection: fraction of the nodes that fail each round.", lo=0, hi=1)
+    fault_mode: str = opt("crash", "Fault injection: fail before training, or reply after the deadline.",
+                          choices=("crash", "late"))
+    fail_after_round: int = opt(0, "Fault injection: the coordinator crashes after this round. Not set (0): never.",
+                                unit="round", lo=0)
+
+
+GROUPS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "federation": FederationConfig,
+          "transport": TransportConfig, "dp": DPConfig, "eval": EvalConfig, "sim": SimConfig}
+
+# The flat keys of earlier versions -> their grouped names (loaded with a one-time deprecation warning).
+OLD_KEYS = {
+    "data-path": "data.path", "synthetic-users": "data.synthetic-users", "synthetic-items": "data.synthetic-items",
+    "partitioner": "data.partitioner", "num-partitions": "data.partitions", "dirichlet-alpha": "data.dirichlet-alpha",
+    "catalog-path": "data.catalog-path",
+    "model": "model.name", "task": "model.task", "embedding-dim": "model.embedding-dim",
+    "mlp-layers": "model.mlp-layers", "mlp-activation": "model.mlp-activation", "item-bias": "model.item-bias",
+    "item-init": "model.item-init",
+    "optimizer": "train.optimizer", "lr": "train.lr", "item-lr": "train.item-lr", "bias-lr": "train.bias-lr",
+    "weight-decay": "train.weight-decay", "batch-size": "train.batch-size", "local-epochs": "train.local-epochs",
+    "num-negatives": "train.negatives", "user-epochs": "train.user-epochs", "user-lr": "train.user-lr",
+    "epochs": "train.epochs", "pretrain-epochs": "train.pretrain-epochs",
+    "num-server-rounds": "federation.rounds", "fraction-train": "federation.fraction-train",
+    "fraction-evaluate": "federation.fraction-evaluate", "min-nodes": "federation.min-nodes",
+    "strategy": "federation.strategy", "proximal-mu": "federation.proximal-mu", "server-lr": "federation.server-lr",
+    "max-update-norm": "federation.max-update-norm", "round-timeout": "federation.round-timeout",
+    "run-dir": "federation.run-dir", "resume-from": "federation.resume-from",
+    "aggregation": "federation.aggregation", "trim-fraction": "federation.trim-fraction",
+    "norm-bound": "federation.norm-bound",
+    "update-compression": "transport.compression", "secure-aggregation": "transport.secure-aggregation",
+    "secagg-threshold": "transport.secagg-threshold", "secagg-max-weight": "transport.secagg-max-weight",
+    "secagg-max-users": "transport.secagg-max-users",
+    "dp": "dp.enabled", "privacy-unit": "dp.unit", "target-epsilon": "dp.target-epsilon", "delta": "dp.delta",
+    "accountant": "dp.accountant", "clip-norm": "dp.clip-norm", "dp-sample-rate": "dp.sample-rate",
+    "dp-max-interactions": "dp.max-interactions", "dp-mechanism": "dp.mechanism", "dp-noise": "dp.noise",
+    "dp-frequency-share": "dp.frequency-share", "dp-frequency-cap": "dp.frequency-cap",
+    "dp-train-min-count": "dp.train-min-count", "dp-server-lr": "dp.server-lr",
+    "dp-server-momentum": "dp.server-momentum", "als-l2": "dp.als-l2",
+    "als-unobserved-weight": "dp.als-unobserved-weight",
+    "top-k": "eval.top-k", "eval-every": "eval.every", "patience": "eval.patience", "full-rank": "eval.full-rank",
+    "eval-user-epochs": "eval.user-epochs",
+    "node-state-dir": "sim.node-state-dir", "client-threads": "sim.client-threads", "dp-chunk-pairs": "sim.chunk-pairs",
+    "fault-dropout": "sim.fault-dropout", "fault-mode": "sim.fault-mode", "fail-after-round": "sim.fail-after-round",
+}
+_WARNED: set[str] = set()
+
+
+def _old_value(old: str, raw: Any) -> list[tuple[str, Any]]:
+    """An old flat key's value in the new keys (the old -1 / 0 learning-rate sentinels)."""
+    new = OLD_KEYS[old]
+    if old in ("item-lr", "bias-lr"):
+        value = float(_coerce(old, raw, float))
+        if old == "item-lr" and value == 0:  # old: 0 froze the item tables
+            return [("train.freeze-items", True)]
+        return [(new, max(value, 0.0))]  # old: -1 meant "= lr", the new "not set" is 0
+    return [(new, raw)]
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Every knob of a fedrec run. Field ``foo_bar`` is run-config key ``foo-bar``."""
+    """Every knob of a fedrec run, grouped: ``cfg.dp.target_epsilon`` is key ``dp.target-epsilon``."""
 
-    seed: int = 42
-    # --- data --------------------------------------------------------------
-    data_path: str = "synthetic"  # a prepared dataset dir, or "synthetic" for the embedded generator
-    synthetic_users: int = field(default=943, metadata=_range(10))
-    synthetic_items: int = field(default=1682, metadata=_range(20))
-    partitioner: str = field(default="silos", metadata=_choice("silos", "user-per-node", "dirichlet"))
-    num_partitions: int = field(default=2, metadata=_range(1))
-    dirichlet_alpha: float = field(default=0.5, metadata=_range(0, lo_open=True))
-    # --- model -------------------------------------------------------------
-    model: str = field(default="neumf", metadata=_choice("neumf", "gmf", "mlp"))
-    task: str = field(default="implicit", metadata=_choice("implicit", "explicit"))
-    embedding_dim: int = field(default=32, metadata=_range(1, 1024))
-    mlp_layers: str = "64,32,16"
-    mlp_activation: str = field(default="sigmoid", metadata=_choice("sigmoid", "relu", "tanh"))  # model=mlp only
-    num_negatives: int = field(default=4, metadata=_range(1, 1000))
-    item_bias: bool = True  # a global per-item logit offset (under DP it starts at the DP log-popularity)
-    # public-metadata init of the item vectors: genres, or auto = genres when the data has them
-    item_init: str = field(default="auto", metadata=_choice("auto", "random", "genres"))
-    # --- local training ----------------------------------------------------
-    optimizer: str = field(default="adam", metadata=_choice("adam", "sgd"))
-    lr: float = field(default=0.001, metadata=_range(0, lo_open=True))
-    item_lr: float = -1.0  # learning rate of item embedding tables: -1 = lr, 0 = frozen
-    bias_lr: float = -1.0  # learning rate of the item-bias table: -1 = lr
-    weight_decay: float = field(default=0.0, metadata=_range(0))
-    batch_size: int = field(default=256, metadata=_range(1))
-    local_epochs: int = field(default=1, metadata=_range(1))
-    # --- centralized reference ---------------------------------------------
-    epochs: int = field(default=20, metadata=_range(1))
-    pretrain_epochs: int = field(default=0, metadata=_range(0))  # neumf: pretrain GMF and MLP towers (NCF)
-    # --- federation (coordinator) ------------------------------------------
-    num_server_rounds: int = field(default=10, metadata=_range(1))
-    fraction_train: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))
-    fraction_evaluate: float = field(default=1.0, metadata=_range(0, 1))
-    min_nodes: int = field(default=2, metadata=_range(1))
-    strategy: str = field(default="fedavg", metadata=_choice("fedavg", "fedprox", "fedadam"))
-    proximal_mu: float = field(default=0.01, metadata=_range(0))
-    server_lr: float = field(default=0.01, metadata=_range(0, lo_open=True))
-    max_update_norm: float = field(default=100.0, metadata=_range(0, lo_open=True))
-    round_timeout: float = field(default=3600.0, metadata=_range(0, lo_open=True))
-    catalog_path: str = ""  # coordinator in deployment: the federation's catalog.parquet ("" -> data-path's)
-    run_dir: str = ""  # "" -> ./runs/<run id> of the ServerApp process
-    resume_from: str = ""  # a run directory holding checkpoint.pt
-    fail_after_round: int = field(default=0, metadata=_range(0))  # fault injection: crash after this round
-    fault_dropout: float = field(default=0.0, metadata=_range(0, 1))  # fault injection: fraction of nodes failing
-    fault_mode: str = field(default="crash", metadata=_choice("crash", "late"))  # raise / reply after the deadline
-    # robust options, and row-mean for sparse (one-user) updates
-    aggregation: str = field(default="mean", metadata=_choice("mean", "median", "trimmed-mean", "row-mean"))
-    trim_fraction: float = field(default=0.2, metadata=_range(0, 0.49))  # trimmed-mean: cut from each tail
-    norm_bound: float = field(default=0.0, metadata=_range(0))  # clip each node's update to this L2 norm (0: off)
-    update_compression: str = field(default="none", metadata=_choice("none", "fp16"))  # node -> coordinator arrays
-    secure_aggregation: bool = False  # SecAgg+ (legacy Flower workflow): the coordinator sees only the sum
-    secagg_threshold: float = field(default=0.6, metadata=_range(0, 1, lo_open=True))  # share fraction to unmask
-    secagg_max_weight: float = field(default=1e6, metadata=_range(1))  # >= any node's num-examples (quantization)
-    secagg_max_users: int = field(default=10_000, metadata=_range(1))  # >= any node's units (dp-noise = distributed)
-    # --- differential privacy (per node, whole run) ----------------------------
-    dp: bool = True  # the main job is private; dp = false for the non-private reference
-    privacy_unit: str = field(default="user", metadata=_choice("user", "interaction", "node"))
-    target_epsilon: float = field(default=8.0, metadata=_range(0, lo_open=True))
-    delta: float = field(default=0.0, metadata=_range(0, 1))  # 0: min(1e-5, 1/(10 n)) for the node's n units
-    accountant: str = field(default="prv", metadata=_choice("prv", "rdp"))  # prv: Opacus PRV (tight); rdp: Renyi
-    clip_norm: float = field(default=0.1, metadata=_range(0, lo_open=True))  # L2, per unit's gradient (node: update)
-    dp_sample_rate: float = field(default=1.0, metadata=_range(0, 1, lo_open=True))  # Poisson rate of units per step
-    dp_max_interactions: int = field(default=64, metadata=_range(1))
-    dp_chunk_pairs: int = field(default=8192, metadata=_range(1))  # memory bound: scored pairs per physical chunk
-    # local-sgd: DP-SGD steps on each node, models averaged; sgd: one noisy clipped-gradient sum per round,
-    # the coordinator steps the global part (dp-server-lr, dp-server-momentum)
-    # als: DP alternating least squares, user factors solved locally, items from noisy per-item statistics
-    dp_mechanism: str = field(default="sgd", metadata=_choice("local-sgd", "sgd", "als"))
-    als_l2: float = field(default=1.0, metadata=_range(0, lo_open=True))  # ridge of the user and item solves
-    als_unobserved_weight: float = field(default=0.5, metadata=_range(0))  # iALS weight of unobserved items
-    # where the noise of sgd releases goes: every node adds it all / the coordinator / shares under SecAgg+
-    # (distributed runs its releases over SecAgg+ whatever secure-aggregation says)
-    dp_noise: str = field(default="distributed", metadata=_choice("local", "central", "distributed"))
-    dp_frequency_share: float = field(default=0.1, metadata=_range(0, 0.9))  # share of the budget: DP item counts
-    dp_frequency_cap: int = field(default=50, metadata=_range(1))  # items counted per user in that release
-    dp_train_min_count: float = field(default=0.0, metadata=_range(0))  # sgd: train only items with DP count >= this
-    # dp-mechanism = sgd: the coordinator's momentum SGD on the mean clipped gradient (sum / (q * DP user count))
-    dp_server_lr: float = field(default=20.0, metadata=_range(0, lo_open=True))
-    dp_server_momentum: float = field(default=0.9, metadata=_range(0, 0.999))
-    user_epochs: int = field(default=1, metadata=_range(0))  # local user-embedding-only passes before each round
-    user_lr: float = field(default=0.01, metadata=_range(0, lo_open=True))
-    # evaluation first refits a copy of the node's user rows to the received global part (FedRecon's evaluation)
-    eval_user_epochs: int = field(default=0, metadata=_range(0))
-    # --- node ----------------------------------------------------------------
-    node_state_dir: str = ""  # base dir for per-node state ("" = node_config state-dir, else the cache dir)
-    client_threads: int = field(default=1, metadata=_range(1, 64))
-    # --- evaluation ----------------------------------------------------------
-    top_k: int = field(default=10, metadata=_range(1, 1000))
-    eval_every: int = field(default=1, metadata=_range(1))
-    patience: int = field(default=5, metadata=_range(0))
-    full_rank: bool = True
+    seed: int = opt(42, "Seed of everything that is not privacy randomness (init, partitions, non-DP batches).")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
 
-    # ------------------------------------------------------------------------
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if "choices" in f.metadata and value not in f.metadata["choices"]:
-                raise ConfigError(_key(f.name), f"{value!r} is not one of {', '.join(f.metadata['choices'])}")
-            if isinstance(value, float) and not math.isfinite(value):  # every float knob, ranged or not
-                raise ConfigError(_key(f.name), f"{value!r} is not a finite number")
-            if "range" in f.metadata:
-                lo, hi, lo_open = f.metadata["range"]
-                if lo is not None and (value < lo or (lo_open and value == lo)):
-                    raise ConfigError(_key(f.name), f"{value!r} must be {'>' if lo_open else '>='} {lo}")
-                if hi is not None and value > hi:
-                    raise ConfigError(_key(f.name), f"{value!r} must be <= {hi}")
-        _ = self.hidden_layers  # validates mlp-layers
-        robust = self.aggregation != "mean" or self.norm_bound > 0
-        if robust and self.secure_aggregation:
-            raise ConfigError("aggregation", "robust aggregation and norm-bound need individual updates; "
-                                             "secure aggregation reveals only their sum")
-        if self.aggregation != "mean" and (self.strategy != "fedavg" or (self.dp and self.privacy_unit == "node")):
-            raise ConfigError("aggregation", f"{self.aggregation!r} replaces FedAvg's mean: needs strategy = fedavg "
-                                             "and no node-level DP")
-        if self.dp and self.dp_mechanism == "local-sgd" and self.dp_noise != "local":
-            raise ConfigError("dp-noise", "dp-mechanism = local-sgd adds the noise inside each node's local steps; "
-                                          "central or distributed noise needs dp-mechanism = sgd")
-        if self.dp and self.dp_mechanism == "als" and (self.model != "gmf" or self.item_bias):
-            raise ConfigError("dp-mechanism", "als trains the factors of gmf without item bias (model = gmf, "
-                                              "item-bias = false)")
-        if self.dp and self.dp_mechanism in ("sgd", "als") and self.dp_frequency_share <= 0:
-            raise ConfigError("dp-frequency-share", f"dp-mechanism = {self.dp_mechanism} starts from the DP item "
-                                                    "counts and user count of the frequency release: set a share "
-                                                    "> 0 (e.g. 0.1)")
-        if self.dp and self.dp_mechanism in ("sgd", "als") and self.privacy_unit == "node":
-            raise ConfigError("dp-mechanism", "privacy-unit = node is DP-FedAvg; dp-mechanism = sgd is per user "
-                                              "or interaction")
-        if self.aggregation == "row-mean" and (self.dp or self.update_compression != "none"):
-            raise ConfigError("aggregation", "row-mean needs the rows a node left unchanged to come back exactly: "
-                                             "no DP noise and no update compression")
+        for name, group in GROUPS.items():
+            for f in fields(group):
+                _check_field(f"{name}.{_key(f.name)}", f, getattr(getattr(self, name), f.name))
+        check_rules(self)
 
-    @property
-    def hidden_layers(self) -> tuple[int, ...]:
-        """``mlp-layers`` parsed: comma-separated positive ints, e.g. ``"64,32,16"``."""
-        try:
-            layers = tuple(int(x) for x in self.mlp_layers.split(",") if x.strip())
-        except ValueError:
-            raise ConfigError("mlp-layers", f"{self.mlp_layers!r} is not a comma-separated list of ints") from None
-        if not layers or any(n <= 0 for n in layers):
-            raise ConfigError("mlp-layers", f"{self.mlp_layers!r} needs one or more positive layer sizes")
-        return layers
-
-    # ------------------------------------------------------------------------
+    # --- keys ------------------------------------------------------------------------------------------
     @classmethod
-    def keys(cls) -> dict[str, dataclasses.Field]:
-        """Run-config key -> dataclass field."""
-        return {_key(f.name): f for f in fields(cls)}
+    def keys(cls) -> dict[str, tuple[str | None, dataclasses.Field]]:
+        """Every run-config key -> (group, dataclass field)."""
+        out: dict[str, tuple[str | None, dataclasses.Field]] = {"seed": (None, next(f for f in fields(cls)
+                                                                                   if f.name == "seed"))}
+        for name, group in GROUPS.items():
+            out |= {f"{name}.{_key(f.name)}": (name, f) for f in fields(group)}
+        return out
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any], *, strict: bool = True) -> RunConfig:
-        """Validate a kebab-case mapping (e.g. Flower's ``context.run_config``).
+        """Validate a run-config mapping (e.g. Flower's ``context.run_config``); errors name the key.
 
-        Unknown keys raise :class:`ConfigError` when ``strict`` (Flower adds none
-        of its own to run_config, so a stray key is a typo). Missing keys take
-        the defaults.
+        Unknown keys raise :class:`ConfigError` when ``strict`` (Flower adds none of its own); old flat keys map
+        to their new names with a deprecation warning; missing keys take the defaults.
         """
         known = cls.keys()
-        kwargs: dict[str, Any] = {}
+        values: dict[str, Any] = {}
         for key, raw in mapping.items():
-            if key not in known:
-                if strict:
-                    raise ConfigError(key, f"unknown key (known: {', '.join(sorted(known))})")
-                continue
-            f = known[key]
-            kwargs[f.name] = _coerce(key, raw, type(f.default))
-        return cls(**kwargs)
+            if key in OLD_KEYS:
+                if key not in _WARNED:
+                    _WARNED.add(key)
+                    warnings.warn(f"run-config key {key!r} is now {OLD_KEYS[key]!r}", FutureWarning, stacklevel=2)
+                values.update(_old_value(key, raw))
+            elif key in known:
+                values[key] = raw
+            elif strict:
+                raise ConfigError(key, f"unknown key (known: {', '.join(sorted(known))})")
+        groups: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
+        kwargs: dict[str, Any] = {}
+        for key, raw in values.items():
+            group, f = known[key]
+            value = _coerce(key, raw, type(f.default))
+            if group is None:
+                kwargs[f.name] = value
+            else:
+                groups[group][f.name] = value
+        try:
+            parts = {name: GROUPS[name](**groups[name]) for name in GROUPS}
+        except TypeError as exc:  # cannot happen for keys from known; keep the error readable anyway
+            raise ConfigError("config", str(exc)) from None
+        return cls(**kwargs, **parts)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
-        """A copy with kebab-case ``overrides`` applied and validated."""
-        merged = self.to_flower_config()
-        merged.update(overrides)
+        """A copy with ``overrides`` (grouped or old keys) applied and validated."""
+        merged: dict[str, Any] = self.to_flower_config()
+        for key, value in overrides.items():
+            for new, converted in (_old_value(key, value) if key in OLD_KEYS else [(key, value)]):
+                merged[new] = converted
         return RunConfig.from_mapping(merged)
 
     def to_flower_config(self) -> dict[str, Scalar]:
-        """The kebab-case mapping (what ``[tool.flwr.app.config]`` holds)."""
-        return {_key(f.name): getattr(self, f.name) for f in fields(self)}
+        """The grouped mapping (what ``[tool.flwr.app.config]`` holds)."""
+        out: dict[str, Scalar] = {"seed": self.seed}
+        for name in GROUPS:
+            group = getattr(self, name)
+            out |= {f"{name}.{_key(f.name)}": getattr(group, f.name) for f in fields(group)}
+        return out
+
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        return self.model.hidden_layers
+
+
+def _hidden_layers(self: ModelConfig) -> tuple[int, ...]:
+    """``model.mlp-layers`` parsed: comma-separated positive ints, e.g. ``"64,32,16"``."""
+    try:
+        layers = tuple(int(x) for x in self.mlp_layers.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError("model.mlp-layers", f"{self.mlp_layers!r} is not a comma-separated list of ints") from None
+    if not layers or any(n <= 0 for n in layers):
+        raise ConfigError("model.mlp-layers", f"{self.mlp_layers!r} needs one or more positive layer sizes")
+    return layers
+
+
+ModelConfig.hidden_layers = property(_hidden_layers)  # type: ignore[attr-defined]
+
+
+def _check_field(key: str, f: dataclasses.Field, value: Any) -> None:
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(key, f"{value!r} is not one of {', '.join(meta['choices'])}")
+    if isinstance(value, float) and not math.isfinite(value):  # every float knob, ranged or not
+        raise ConfigError(key, f"{value!r} is not a finite number")
+    lo, hi, lo_open = meta.get("range", (None, None, False))
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ConfigError(key, f"{value!r} must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and value > hi:
+        raise ConfigError(key, f"{value!r} must be <= {hi}")
+
+
+def check_rules(cfg: RunConfig) -> None:
+    """Every rule that relates two or more keys, in one place (ConfigError naming the key to change)."""
+    _ = cfg.model.hidden_layers  # validates model.mlp-layers
+    f, dp, t = cfg.federation, cfg.dp, cfg.transport
+    robust = f.aggregation != "mean" or f.norm_bound > 0
+    if robust and t.secure_aggregation:
+        raise ConfigError("federation.aggregation", "robust aggregation and norm-bound need individual updates; "
+                                                    "secure aggregation reveals only their sum")
+    if f.aggregation != "mean" and (f.strategy != "fedavg" or (dp.enabled and dp.unit == "node")):
+        raise ConfigError("federation.aggregation", f"{f.aggregation!r} replaces FedAvg's mean: needs strategy = "
+                                                    "fedavg and no node-level DP")
+    if f.aggregation == "row-mean" and (dp.enabled or t.compression != "none"):
+        raise ConfigError("federation.aggregation", "row-mean needs the rows a node left unchanged to come back "
+                                                    "exactly: no DP noise and no update compression")
+    if not dp.enabled:
+        return
+    if dp.mechanism == "local-sgd" and dp.noise != "local":
+        raise ConfigError("dp.noise", "dp.mechanism = local-sgd adds the noise inside each node's local steps; "
+                                      "central or distributed noise needs dp.mechanism = sgd or als")
+    if dp.mechanism == "als" and (cfg.model.name != "gmf" or cfg.model.item_bias):
+        raise ConfigError("dp.mechanism", "als trains the factors of gmf without item bias (model.name = gmf, "
+                                          "model.item-bias = false)")
+    if dp.mechanism in ("sgd", "als") and dp.frequency_share <= 0:
+        raise ConfigError("dp.frequency-share", f"dp.mechanism = {dp.mechanism} starts from the DP item counts and "
+                                                "user count of the frequency release: set a share > 0 (e.g. 0.1)")
+    if dp.mechanism in ("sgd", "als") and dp.unit == "node":
+        raise ConfigError("dp.mechanism", "dp.unit = node is DP-FedAvg (dp.mechanism = local-sgd); sgd and als are "
+                                          "per user or interaction")
 
 
 def _coerce(key: str, raw: Any, kind: type) -> Scalar:
@@ -265,7 +443,7 @@ def parse_assignments(assignments: list[str]) -> dict[str, str]:
 
 
 def load_toml_config(path: str | Path) -> dict[str, Any]:
-    """Read a preset TOML file: flat ``key = value`` pairs (as for ``flwr run --run-config``)."""
+    """Read a preset TOML file: ``key = value`` pairs, grouped keys as dotted names or ``[group]`` tables."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -273,7 +451,17 @@ def load_toml_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(str(path), "config file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-    for key, value in data.items():
-        if isinstance(value, dict | list):
-            raise ConfigError(key, f"in {path}: nested tables and arrays are not run-config values")
-    return data
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, table: dict[str, Any]) -> None:
+        for key, value in table.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(f"{name}.", value)
+            elif isinstance(value, list):
+                raise ConfigError(name, f"in {path}: arrays are not run-config values")
+            else:
+                out[name] = value
+
+    walk("", data)
+    return out

@@ -1,4 +1,4 @@
-"""Resolve the ``data-path`` run-config value to prepared tables.
+"""Resolve the ``data.path`` run-config value to prepared tables.
 
 - ``"synthetic"`` builds the embedded default in memory (deterministic in the
   seed and size). Its pseudonym keys are derived from the seed: fine for data
@@ -83,7 +83,7 @@ def prepared_movielens(name: str) -> Path:
 
 
 def resolve_data_path(data_path: str) -> str:
-    """A prepared directory path (or "synthetic") for a run-config ``data-path``."""
+    """A prepared directory path (or "synthetic") for a run-config ``data.path``."""
     if data_path.startswith(MOVIELENS_PREFIX):
         return str(prepared_movielens(data_path[len(MOVIELENS_PREFIX):]))
     return data_path

@@ -4,7 +4,7 @@ SecAgg+ (Flower) clips every value to ``[-8, 8]`` and rounds it stochastically t
 ``Q`` levels before masking; the coordinator gets the mean over the included nodes. A node
 therefore divides its release by a public scale ``S`` (so the values stay inside the range:
 ``S = secagg-max-users * sensitivity / 8`` bounds any coordinate of a sum over at most
-``secagg-max-users`` units of vectors with that L2 norm), and the coordinator multiplies the
+``transport.secagg-max-users`` units of vectors with that L2 norm), and the coordinator multiplies the
 mean by ``k * S`` for ``k`` included nodes. Clipping to the range is 1-Lipschitz and adds no
 sensitivity; rounding moves each of the ``d`` values of one node by less than one level, so
 one unit changes that node's encoded vector by at most ``sensitivity + sqrt(d) * 16 S / Q``
@@ -39,7 +39,7 @@ def encoded_sensitivity(sensitivity: float, dims: int, max_units: int, nodes: in
 def release_unit(cfg, release: str) -> float:
     """The L2 bound of one unit's contribution to a release (before noise): what the scale S is sized by."""
     if release == "frequency":
-        return math.sqrt(cfg.dp_frequency_cap + 1)
+        return math.sqrt(cfg.dp.frequency_cap + 1)
     if release == "als":
-        return math.sqrt(2 * cfg.dp_max_interactions + 1)
-    return cfg.clip_norm
+        return math.sqrt(2 * cfg.dp.max_interactions + 1)
+    return cfg.dp.clip_norm

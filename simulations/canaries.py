@@ -8,7 +8,7 @@ seeing every update that node releases — scores each canary and guesses which 
 bound on the ε of the mechanism: an honest run's ε̂ must not exceed its claimed ε, and a
 mechanism that does not do what its ledger says (:func:`broken`) must be caught.
 
-Canaries are privacy units: a canary *user* (``privacy-unit = "user"``) interacts with
+Canaries are privacy units: a canary *user* (``dp.unit = "user"``) interacts with
 ``k`` items of its own drawn from the node's least popular half of the catalog; a canary
 *interaction* (``"interaction"``) pairs an existing user with one such item. No two
 canaries share an item, and the items are rare, so that neither other canaries nor real

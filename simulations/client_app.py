@@ -1,11 +1,11 @@
 """The ClientApp of simulations: the production one (:mod:`client.app`) plus what only simulations have.
 
 - :func:`partition_mod`: a simulated node (Flower's ``partition-id`` / ``num-partitions``
-  node_config) gets its partition of the run's ``data-path`` from the run's partitioner
+  node_config) gets its partition of the run's ``data.path`` from the run's partitioner
   (:mod:`simulations.partitioners`), handed over in-process
   (:func:`client.node_data.register_dataset`). A deployed node reads its own prepared
   dataset instead (``data-path`` in its node_config).
-- :func:`simulations.faults.fault_mod`: ``fault-dropout`` / ``fault-mode`` injection for
+- :func:`simulations.faults.fault_mod`: ``sim.fault-dropout`` / ``sim.fault-mode`` injection for
   reliability runs and tests.
 
 The simulation driver (``fedrec simulate``) builds its Flower app around this ClientApp; the
@@ -45,9 +45,10 @@ def hand_over_partition(cfg: RunConfig, pid: int, n: int) -> str:
     key = partition_key(cfg, pid, n)
     if is_registered(key):
         return key
-    data, value_range, catalog_hash = _full(cfg.data_path, cfg.seed, cfg.synthetic_users, cfg.synthetic_items)
-    parts = _partitions(cfg.data_path, cfg.seed, cfg.synthetic_users, cfg.synthetic_items, cfg.partitioner, n,
-                        cfg.dirichlet_alpha)
+    data, value_range, catalog_hash = _full(cfg.data.path, cfg.seed, cfg.data.synthetic_users, cfg.data.synthetic_items)
+    d = cfg.data
+    parts = _partitions(d.path, cfg.seed, d.synthetic_users, d.synthetic_items, d.partitioner, n,
+                        cfg.data.dirichlet_alpha)
     if not 0 <= pid < len(parts):
         from shared.errors import ConfigError
 
@@ -57,10 +58,17 @@ def hand_over_partition(cfg: RunConfig, pid: int, n: int) -> str:
 
 
 def partition_mod(msg: Message, context: Context, call_next: ClientCall) -> Message:
-    """Hand a simulated node its partition before the production ClientApp reads its data."""
-    if "partition-id" in context.node_config and not context.node_config.get("dataset"):
+    """Hand a simulated node its partition and its node-local settings (``sim.*``) before the production ClientApp
+    reads them: Flower's simulation engine sets no node_config of its own beyond the partition."""
+    node_config = context.node_config
+    if "partition-id" in node_config and not node_config.get("dataset"):
         cfg = RunConfig.from_mapping(context.run_config)
-        hand_over_partition(cfg, *simulated_partition(context.node_config, cfg))
+        pid, n = simulated_partition(node_config, cfg)
+        hand_over_partition(cfg, pid, n)
+        if cfg.sim.node_state_dir and "state-dir" not in node_config:
+            node_config["state-dir"] = f"{cfg.sim.node_state_dir}/partition-{pid}"
+        node_config.setdefault("threads", cfg.sim.client_threads)
+        node_config.setdefault("chunk-pairs", cfg.sim.chunk_pairs)
     return call_next(msg, context)
 
 

@@ -62,16 +62,16 @@ def resolve_config(preset: str | None, overrides: dict[str, Any], run_dir: Path)
     values: dict[str, Any] = dict(load_toml_config(preset_path(preset))) if preset else {}
     values.update(overrides)
     cfg = RunConfig.from_mapping(values)
-    data_path = cfg.data_path
+    data_path = cfg.data.path
     if data_path != SYNTHETIC:
         data_path = str(Path(resolve_data_path(data_path)).resolve())
-    changes: dict[str, Any] = {"data-path": data_path, "run-dir": str(run_dir),
+    changes: dict[str, Any] = {"data.path": data_path, "federation.run-dir": str(run_dir),
                                # node state (user embeddings) on disk, so runs can resume and recommend later
-                               "node-state-dir": cfg.node_state_dir or str(run_dir / "nodes")}
-    if cfg.partitioner == "user-per-node":
-        tables = load_tables(data_path, seed=cfg.seed, synthetic_users=cfg.synthetic_users,
-                             synthetic_items=cfg.synthetic_items)
-        changes["num-partitions"] = int(tables.manifest["n_users"])
+                               "sim.node-state-dir": cfg.sim.node_state_dir or str(run_dir / "nodes")}
+    if cfg.data.partitioner == "user-per-node":
+        tables = load_tables(data_path, seed=cfg.seed, synthetic_users=cfg.data.synthetic_users,
+                             synthetic_items=cfg.data.synthetic_items)
+        changes["data.partitions"] = int(tables.manifest["n_users"])
     return cfg.with_overrides(changes)
 
 
@@ -115,12 +115,12 @@ def simulate(
 ) -> SimulationResult:
     """Run one federated simulation through the Flower runtime; return its summary."""
     run_dir = run_dir.resolve()
-    if (run_dir / "summary.json").exists() and "resume-from" not in overrides:
+    if (run_dir / "summary.json").exists() and not ({"resume-from", "federation.resume-from"} & set(overrides)):
         raise FedrecError(f"{run_dir} holds a finished run; choose another --out")
     cfg = resolve_config(preset, overrides, run_dir)  # first: a bad config writes nothing
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file = write_run_config(cfg, run_dir / "run-config.toml")
-    nodes = num_supernodes or cfg.num_partitions
+    nodes = num_supernodes or cfg.data.partitions
     flwr_home = run_dir / "flwr-home"
     ray_tmp = Path(tempfile.mkdtemp(prefix="fedrec-ray-"))
     cmd = [
@@ -130,7 +130,7 @@ def simulate(
     ]
     log_path = run_dir / "flwr.log"
     with managed_superlink(flwr_home), open(log_path, "a", buffering=1) as log, progress_bar(show_progress) as bar:
-        task = bar.add_task(f"{preset or 'custom'}: {nodes} nodes", total=cfg.num_server_rounds, status="starting")
+        task = bar.add_task(f"{preset or 'custom'}: {nodes} nodes", total=cfg.federation.rounds, status="starting")
         proc = subprocess.Popen(cmd, env=simulation_env(flwr_home, ray_tmp), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         started = time.monotonic()
@@ -146,7 +146,7 @@ def simulate(
                 elif "[fedrec] early stop" in line:
                     bar.update(task, status="early stop")
                 if "[fedrec] finished" in line or "[fedrec] early stop" in line:
-                    bar.update(task, completed=cfg.num_server_rounds)
+                    bar.update(task, completed=cfg.federation.rounds)
                 if timeout is not None and time.monotonic() - started > timeout:
                     raise FedrecError(f"simulation exceeded {timeout:.0f} s")
             proc.wait()

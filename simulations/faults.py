@@ -1,11 +1,11 @@
 """Fault injection for reliability runs: dropouts and hostile nodes, deterministic in (seed, node, round).
 
-Dropouts (run config ``fault-dropout``, ``fault-mode``) act inside the ClientApp through :func:`fault_mod`:
+Dropouts (run config ``sim.fault-dropout``, ``sim.fault-mode``) act inside the ClientApp through :func:`fault_mod`:
 
 - ``crash``: the node raises before it trains: no update and no privacy spend; the runtime turns the
   exception into an Error reply, which the coordinator records under ``failed``;
 - ``late``: the node trains and records its spend, then its reply misses the round deadline. Under the
-  Flower runtime it sleeps past ``round-timeout``; under the in-process Grid (which sets
+  Flower runtime it sleeps past ``federation.round-timeout``; under the in-process Grid (which sets
   :data:`VIRTUAL_CLOCK`) it raises :class:`MissedDeadline` and the Grid drops the reply, without waiting.
 
 Which nodes fail: simulated nodes (``partition-id`` in node_config) — exactly ``round(fraction * n)`` of
@@ -40,7 +40,7 @@ ClientCall = Callable[[Message, Context], Message]
 
 
 class InjectedCrash(RuntimeError):
-    """A node crash injected by ``fault-mode = "crash"``."""
+    """A node crash injected by ``sim.fault-mode = "crash"``."""
 
 
 class MissedDeadline(Exception):
@@ -72,20 +72,20 @@ def miss_deadline(round_timeout: float, server_round: int) -> None:
 
 
 def fault_mod(msg: Message, context: Context, call_next: ClientCall) -> Message:
-    """ClientApp mod: apply ``fault-dropout`` / ``fault-mode`` to plain training instructions."""
+    """ClientApp mod: apply ``sim.fault-dropout`` / ``sim.fault-mode`` to plain training instructions."""
     if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS in msg.content.config_records:
         return call_next(msg, context)
     cfg = RunConfig.from_mapping(context.run_config)
     config = msg.content.config_records.get("config")
-    if cfg.fault_dropout <= 0 or config is None or "server-round" not in config:
+    if cfg.sim.fault_dropout <= 0 or config is None or "server-round" not in config:
         return call_next(msg, context)
     rnd = int(config["server-round"])
-    if not node_fails(cfg.seed, cfg.fault_dropout, context.node_config, context.node_id, rnd):
+    if not node_fails(cfg.seed, cfg.sim.fault_dropout, context.node_config, context.node_id, rnd):
         return call_next(msg, context)
-    if cfg.fault_mode == "crash":
+    if cfg.sim.fault_mode == "crash":
         raise InjectedCrash(f"fault injection: node crashed before training round {rnd}")
     reply = call_next(msg, context)  # trains and records its privacy spend
-    miss_deadline(cfg.round_timeout, rnd)
+    miss_deadline(cfg.federation.round_timeout, rnd)
     return reply
 
 
@@ -174,7 +174,7 @@ def poisoned_update(cfg: RunConfig, global_part: Mapping[str, torch.Tensor], nod
                     server_round: int, *, boost: float, focus: bool = True, fake_users: int = 64,
                     fillers: int = 8) -> OrderedDict:
     """Train on fake profiles that all hold ``target`` (fillers: the node's popular items), scale the update
-    by ``boost``, and keep it just under ``max-update-norm`` so the coordinator's norm check passes."""
+    by ``boost``, and keep it just under ``federation.max-update-norm`` so the coordinator's norm check passes."""
     from client.node import LocalNode
 
     rng = numpy_rng(cfg.seed, "poison", server_round)
@@ -189,7 +189,7 @@ def poisoned_update(cfg: RunConfig, global_part: Mapping[str, torch.Tensor], nod
                 keep[target] = d[target]
             delta[k] = keep
     norm = math.sqrt(sum(float((d.double() ** 2).sum()) for d in delta.values()))
-    scale = min(1.0, 0.95 * cfg.max_update_norm / max(norm, 1e-12))
+    scale = min(1.0, 0.95 * cfg.federation.max_update_norm / max(norm, 1e-12))
     return OrderedDict((k, (global_part[k] + scale * delta[k]).to(global_part[k].dtype)) for k in global_part)
 
 

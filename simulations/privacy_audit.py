@@ -37,16 +37,18 @@ def empirical_epsilon(cfg: RunConfig, *, canaries: int, items_per_canary: int = 
                       work_dir: Path | None = None, confidence: float = 0.95) -> dict[str, Any]:
     """Train once with ``canaries`` canaries in node 0; return its claimed epsilon and the audited lower bound."""
     from client.app import app as client_app
-    from server.app import federated_run
     from simulations.inprocess import InProcessGrid
+    from simulations.server_app import federated_run
 
     work = Path(work_dir or tempfile.mkdtemp(prefix="fedrec-audit-"))
-    cfg = cfg.with_overrides({"run-dir": str(work / "run"), "node-state-dir": str(work / "nodes"), "item-bias": True})
-    tables = load_tables(cfg.data_path, seed=cfg.seed, synthetic_users=cfg.synthetic_users,
-                         synthetic_items=cfg.synthetic_items)
+    cfg = cfg.with_overrides({"federation.run-dir": str(work / "run"), "sim.node-state-dir": str(work / "nodes"),
+                              "model.item-bias": True})
+    tables = load_tables(cfg.data.path, seed=cfg.seed, synthetic_users=cfg.data.synthetic_users,
+                         synthetic_items=cfg.data.synthetic_items)
     data = InteractionData.from_tables(tables)
-    parts = partition_users(data, cfg.partitioner, cfg.num_partitions, seed=cfg.seed, alpha=cfg.dirichlet_alpha)
-    unit = cfg.privacy_unit if cfg.privacy_unit in ("user", "interaction") else "user"
+    parts = partition_users(data, cfg.data.partitioner, cfg.data.partitions, seed=cfg.seed,
+                            alpha=cfg.data.dirichlet_alpha)
+    unit = cfg.dp.unit if cfg.dp.unit in ("user", "interaction") else "user"
     secret = np.random.default_rng(int.from_bytes(os.urandom(16), "big"))
     node0 = data.subset(parts[0])
     drawn = draw_canaries(node0, unit, canaries, k=items_per_canary, secret=secret)
@@ -58,7 +60,7 @@ def empirical_epsilon(cfg: RunConfig, *, canaries: int, items_per_canary: int = 
                                                        f"partition-{i}"))
     updates: list[dict[str, np.ndarray]] = []
     claim: dict[str, float] = {}
-    releases = cfg.dp and cfg.dp_mechanism in ("sgd", "als")  # the world sees the noisy sums' model updates
+    releases = cfg.dp.enabled and cfg.dp.mechanism in ("sgd", "als")  # the world sees the noisy sums' model updates
 
     def watch(app):
         def call(msg, ctx):
@@ -74,7 +76,8 @@ def empirical_epsilon(cfg: RunConfig, *, canaries: int, items_per_canary: int = 
             return reply
         return call
 
-    configs = [{"dataset": f"audit-{tag}-{i}"} for i in range(len(parts))]
+    configs = [{"dataset": f"audit-{tag}-{i}", "state-dir": str(work / "nodes" / f"partition-{i}")}
+               for i in range(len(parts))]
     grid = InProcessGrid(watch(client_app), configs, cfg.to_flower_config())
     run = federated_run(cfg, grid, 1)
     if releases:  # noise on the sum (central or distributed): audit the released global model's steps
@@ -92,9 +95,10 @@ def empirical_epsilon(cfg: RunConfig, *, canaries: int, items_per_canary: int = 
     delta = claim.get("delta", NONPRIVATE_DELTA)
     result = audit_scores(scores, drawn.included, delta=delta, confidence=confidence, rng=secret)
     return {
-        "data": cfg.data_path, "unit": unit, "dp": cfg.dp, "breakage": breakage or "none",
-        "claimed_epsilon": claim.get("epsilon", math.inf), "target_epsilon": cfg.target_epsilon if cfg.dp else math.inf,
-        "delta": delta, "accountant": cfg.accountant if cfg.dp else None, "epsilon_lower_bound":
+        "data": cfg.data.path, "unit": unit, "dp": cfg.dp.enabled, "breakage": breakage or "none",
+        "claimed_epsilon": claim.get("epsilon", math.inf),
+        "target_epsilon": cfg.dp.target_epsilon if cfg.dp.enabled else math.inf,
+        "delta": delta, "accountant": cfg.dp.accountant if cfg.dp.enabled else None, "epsilon_lower_bound":
         result.epsilon_lower_bound, "confidence": confidence, "canaries": drawn.m,
         "included": int(drawn.included.sum()), "guesses": result.r, "correct": result.v,
         "rounds": len(updates), "test_hr10": (summary.test or {}).get("hr10"),

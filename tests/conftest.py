@@ -15,8 +15,9 @@ REPO = Path(__file__).resolve().parents[1]
 # The run-config defaults most tests were written against, before private noisy-sum releases became the
 # default: the federation averages the nodes' models, without DP unless a test sets dp = true (then DP-SGD on
 # each node, local noise). Tests of the default mechanism (tests/test_dp_releases.py) do not use it.
-MODEL_AVERAGING = {"dp": False, "item-bias": False, "item-init": "random", "clip-norm": 1.0, "dp-sample-rate": 0.1,
-                   "dp-mechanism": "local-sgd", "dp-noise": "local", "dp-frequency-share": 0.0}
+MODEL_AVERAGING = {"dp.enabled": False, "model.item-bias": False, "model.item-init": "random", "dp.clip-norm": 1.0,
+                   "dp.sample-rate": 0.1,
+                   "dp.mechanism": "local-sgd", "dp.noise": "local", "dp.frequency-share": 0.0}
 
 
 def shared_data_dir() -> Path:

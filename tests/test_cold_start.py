@@ -16,8 +16,9 @@ from simulations.benchmarks.cold_start import evaluate_cold, hold_out_users, rev
 from tests.conftest import MODEL_AVERAGING
 
 CFG = {**MODEL_AVERAGING,
-       "synthetic-users": 300, "synthetic-items": 200, "model": "gmf", "embedding-dim": 16, "lr": 0.02,
-       "epochs": 8, "batch-size": 512, "patience": 0, "full-rank": False}
+       "data.synthetic-users": 300, "data.synthetic-items": 200, "model.name": "gmf", "model.embedding-dim": 16,
+       "train.lr": 0.02,
+       "train.epochs": 8, "train.batch-size": 512, "eval.patience": 0, "eval.full-rank": False}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def setup():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     cfg = RunConfig.from_mapping(CFG)
-    data = InteractionData.from_tables(synthetic_tables(cfg.seed, cfg.synthetic_users, cfg.synthetic_items))
+    data = InteractionData.from_tables(synthetic_tables(cfg.seed, cfg.data.synthetic_users, cfg.data.synthetic_items))
     held = hold_out_users(data, 0.2, seed=cfg.seed)
     known = data.subset(np.setdiff1d(np.arange(data.n_users), held))
     yield cfg, train_global_part(cfg, known, (1.0, 5.0)), data, held, known

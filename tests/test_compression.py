@@ -55,7 +55,7 @@ def test_guard_counts_wire_bytes_before_upcasting():
 def test_fp16_federation_halves_bytes_up_and_keeps_accuracy(tmp_path):
     results = {}
     for how in ("none", "fp16"):
-        cfg = cfg_for(tmp_path / how, **{"num-server-rounds": 3, "update-compression": how})
+        cfg = cfg_for(tmp_path / how, **{"federation.rounds": 3, "transport.compression": how})
         summary, _ = run_federation(cfg)
         records = [json.loads(x) for x in (tmp_path / how / "run" / "metrics.jsonl").read_text().splitlines()]
         results[how] = (summary.val["hr10"], records)

@@ -31,7 +31,8 @@ from tests.conftest import MODEL_AVERAGING
 
 # >= 100 users per node: keeps DP's Poisson batches non-empty on this tiny data
 TINY = {**MODEL_AVERAGING,
-        "model": "gmf", "embedding-dim": 16, "full-rank": False, "min-nodes": 2, "dp": True, "lr": 0.01}
+        "model.name": "gmf", "model.embedding-dim": 16, "eval.full-rank": False, "federation.min-nodes": 2,
+        "dp.enabled": True, "train.lr": 0.01}
 
 
 def test_tls_federation_with_node_auth_completes_and_audits_clean(tmp_path):
@@ -56,8 +57,8 @@ def test_tls_federation_with_node_auth_completes_and_audits_clean(tmp_path):
                                                 certs.node_key("edge-2")), ca_cert=stranger.ca_cert,
                                        extra_args=["--max-retries", "1"])
         dep.wait_online(2)
-        run = dep.run({**TINY, "num-server-rounds": 2, "eval-every": 2, "catalog-path": str(data.catalog),
-                       "run-dir": str(tmp_path / "run")}, tmp_path / "run-config.toml")
+        run = dep.run({**TINY, "federation.rounds": 2, "eval.every": 2, "data.catalog-path": str(data.catalog),
+                       "federation.run-dir": str(tmp_path / "run")}, tmp_path / "run-config.toml")
         log = run.log_text()
         assert run.proc.returncode == 0, log[-3000:]
         assert "[fedrec] finished" in log
@@ -94,8 +95,9 @@ def _restart_run(tmp_path: Path, data, *, restart: bool, dp: bool) -> tuple[Path
     Returns the run root and what node 1000 held in memory before round 2 and what it found again after.
     """
     root = tmp_path / f"{'restarted' if restart else 'steady'}-{'dp' if dp else 'plain'}"
-    cfg = RunConfig.from_mapping({**TINY, "dp": dp, "num-server-rounds": 3, "catalog-path": str(data.catalog),
-                                  "run-dir": str(root / "run"), "target-epsilon": 4.0})
+    cfg = RunConfig.from_mapping({**TINY, "dp.enabled": dp, "federation.rounds": 3,
+                                  "data.catalog-path": str(data.catalog),
+                                  "federation.run-dir": str(root / "run"), "dp.target-epsilon": 4.0})
     configs = [{"data-path": str(p), "node-name": f"edge-{i + 1}", "state-dir": str(root / f"state-{i + 1}")}
                for i, p in enumerate(data.nodes)]
     seen: dict = {}

@@ -29,8 +29,9 @@ from shared.secure_sum import encoded_sensitivity, quantization_levels
 from simulations.client_app import app as client_app
 from simulations.inprocess import InProcessGrid, simulation_node_configs
 
-RELEASES = {"dp": True, "dp-mechanism": "sgd", "dp-frequency-share": 0.1, "dp-sample-rate": 1.0, "model": "gmf",
-            "item-bias": True, "embedding-dim": 8, "clip-norm": 0.1, "user-epochs": 0}
+RELEASES = {"dp.enabled": True, "dp.mechanism": "sgd", "dp.frequency-share": 0.1, "dp.sample-rate": 1.0,
+            "model.name": "gmf",
+            "model.item-bias": True, "model.embedding-dim": 8, "dp.clip-norm": 0.1, "train.user-epochs": 0}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def noiseless(cfg: RunConfig, data: InteractionData):
 def test_gradient_release_without_noise_is_the_sum_of_clipped_per_user_gradients(data, monkeypatch):
     import client.privacy.releases as releases
 
-    cfg = RunConfig.from_mapping({**RELEASES, "dp-max-interactions": 1000, "target-epsilon": 4.0})
+    cfg = RunConfig.from_mapping({**RELEASES, "dp.max-interactions": 1000, "dp.target-epsilon": 4.0})
     plan = noiseless(cfg, data)
     s = TrainSettings.from_config(cfg)
     torch.manual_seed(0)
@@ -82,13 +83,13 @@ def test_gradient_release_without_noise_is_the_sum_of_clipped_per_user_gradients
         grads = {n: p.grad for n, p in reference.named_parameters() if not is_local(n)}
         norm = math.sqrt(sum(float((g**2).sum()) for g in grads.values()))
         for n, g in grads.items():
-            total[n] += g * min(1.0, cfg.clip_norm / norm)
+            total[n] += g * min(1.0, cfg.dp.clip_norm / norm)
     for key in total:
         assert torch.allclose(released[key], total[key], atol=1e-6), key
 
 
 def test_frequency_release_without_noise_counts_capped_items_and_users(data):
-    cfg = RunConfig.from_mapping({**RELEASES, "dp-frequency-cap": 7})
+    cfg = RunConfig.from_mapping({**RELEASES, "dp.frequency-cap": 7})
     plan = noiseless(cfg, data)
     counts = frequency_release(data, plan, SecretRandomness.fresh()).numpy()
     assert counts[-1] == data.n_users
@@ -99,7 +100,7 @@ def test_frequency_release_without_noise_counts_capped_items_and_users(data):
 # --- sensitivity: one user moves a release by at most its bound, however much data it has ------------
 def test_sensitivity_holds_for_users_with_5_and_500_interactions():
     data = heavy_and_light()
-    cfg = RunConfig.from_mapping({**RELEASES, "dp-max-interactions": 600, "dp-frequency-cap": 50})
+    cfg = RunConfig.from_mapping({**RELEASES, "dp.max-interactions": 600, "dp.frequency-cap": 50})
     plan = noiseless(cfg, data)
     for user in (0, 1):
         alone = data.subset(np.array([user]))
@@ -109,14 +110,14 @@ def test_sensitivity_holds_for_users_with_5_and_500_interactions():
         model = build_model(cfg, 1, data.n_items)
         sums = gradient_release(model, alone, TrainSettings.from_config(cfg), plan, cfg, SecretRandomness.fresh())
         norm = math.sqrt(sum(float((v.double() ** 2).sum()) for v in sums.values()))
-        assert norm == pytest.approx(cfg.clip_norm, rel=1e-4)  # both users' raw gradients exceed C: both = C
+        assert norm == pytest.approx(cfg.dp.clip_norm, rel=1e-4)  # both users' raw gradients exceed C: both = C
 
 
 # --- where the noise goes ---------------------------------------------------------------------------
 def test_distributed_shares_sum_to_the_planned_variance():
     """t nodes each adding std * sqrt(1/t): their sum has exactly the planned std (measured over many draws)."""
-    cfg = RunConfig.from_mapping({**RELEASES, "dp-noise": "distributed", "secure-aggregation": True,
-                                  "min-nodes": 5, "secagg-threshold": 0.6})
+    cfg = RunConfig.from_mapping({**RELEASES, "dp.noise": "distributed", "transport.secure-aggregation": True,
+                                  "federation.min-nodes": 5, "transport.secagg-threshold": 0.6})
     plan = plan_for(cfg, InteractionData.from_tables(synthetic_tables(1, 30, 40)))
     t = math.ceil(0.6 * 5)
     assert plan.share == pytest.approx(1 / t)
@@ -125,38 +126,40 @@ def test_distributed_shares_sum_to_the_planned_variance():
     assert float(total.std()) == pytest.approx(2.0, rel=0.01)
     # SecAgg+'s rounding is in the planned sensitivity, with the quantization the coordinator will use
     dims = 40 * 8 + 40 + 8 + 1
-    assert plan.sensitivity == pytest.approx(encoded_sensitivity(0.1, dims, cfg.secagg_max_users, 5))
-    assert plan.sensitivity > cfg.clip_norm and plan.secagg_levels == quantization_levels(5)
+    assert plan.sensitivity == pytest.approx(encoded_sensitivity(0.1, dims, cfg.transport.secagg_max_users, 5))
+    assert plan.sensitivity > cfg.dp.clip_norm and plan.secagg_levels == quantization_levels(5)
 
 
 def test_configurations_that_would_void_the_guarantee_are_refused():
     from server.secagg import SecAggReleases
 
     # distributed noise needs secure aggregation, so it always runs its releases over SecAgg+
-    cfg = RunConfig.from_mapping({**RELEASES, "dp-noise": "distributed", "secure-aggregation": False, "min-nodes": 3})
+    cfg = RunConfig.from_mapping({**RELEASES, "dp.noise": "distributed", "transport.secure-aggregation": False,
+                                  "federation.min-nodes": 3})
     assert isinstance(federated_run(cfg, InProcessGrid(client_app, [], cfg.to_flower_config()), 1), SecAggReleases)
-    with pytest.raises(ConfigError, match="dp-noise"):
-        RunConfig.from_mapping({"dp": True, "dp-mechanism": "local-sgd", "dp-noise": "central"})  # noise inside
-    with pytest.raises(ConfigError, match="dp-frequency-share"):
-        RunConfig.from_mapping({**RELEASES, "dp-frequency-share": 0.0})
+    with pytest.raises(ConfigError, match=r"dp\.noise"):
+        RunConfig.from_mapping({"dp.enabled": True, "dp.mechanism": "local-sgd", "dp.noise": "central"})
+    with pytest.raises(ConfigError, match=r"dp\.frequency-share"):
+        RunConfig.from_mapping({**RELEASES, "dp.frequency-share": 0.0})
 
 
 # --- end to end: ledgers, audit, central and distributed noise, a dropout ------------------------------
 # rho = epsilon * q * N = 8 * 400 = 3200: enough data for the recipe to train all 3 rounds
-SMALL = {**RELEASES, "synthetic-users": 400, "synthetic-items": 120, "num-partitions": 3, "min-nodes": 3,
-         "num-server-rounds": 3, "full-rank": False, "dp-server-lr": 5.0, "target-epsilon": 8.0}
+SMALL = {**RELEASES, "data.synthetic-users": 600, "data.synthetic-items": 120, "data.partitions": 3,
+         "federation.min-nodes": 3,
+         "federation.rounds": 3, "eval.full-rank": False, "dp.server-lr": 5.0, "dp.target-epsilon": 8.0}
 
 
 def run(tmp_path, drop=None, **extra):
-    cfg = RunConfig.from_mapping({**SMALL, **extra, "run-dir": str(tmp_path / "run"),
-                                  "node-state-dir": str(tmp_path / "nodes")})
+    cfg = RunConfig.from_mapping({**SMALL, **extra, "federation.run-dir": str(tmp_path / "run"),
+                                  "sim.node-state-dir": str(tmp_path / "nodes")})
     grid = InProcessGrid(client_app, simulation_node_configs(3), cfg.to_flower_config(), drop=drop)
     return federated_run(cfg, grid, 1).execute()
 
 
 @pytest.mark.parametrize("noise", ["central", "local"])
 def test_releases_reach_the_ledger_and_audit_clean(tmp_path, noise):
-    summary = run(tmp_path, **{"dp-noise": noise})
+    summary = run(tmp_path, **{"dp.noise": noise})
     entries = read_jsonl(tmp_path / "run" / NAME)
     by_node: dict[str, list] = {}
     for e in entries:
@@ -182,7 +185,7 @@ def test_distributed_noise_under_secagg_with_a_dropout_meets_its_claim(tmp_path)
         return (msg.metadata.dst_node_id == 1001 and stage in (Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
                 and config.get("server-round", 0) == 2)
 
-    run(tmp_path, drop=drop, **{"dp-noise": "distributed", "secure-aggregation": True})
+    run(tmp_path, drop=drop, **{"dp.noise": "distributed", "transport.secure-aggregation": True})
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     plan_share = 1 / math.ceil(0.6 * 3)
     for r in records:
@@ -200,7 +203,8 @@ def test_als_statistics_without_noise_are_the_exact_sums_and_bounded_per_user(da
     from client.privacy.als import als_release, solve_users
     from shared.als_stats import als_sensitivity
 
-    cfg = RunConfig.from_mapping({**RELEASES, "dp-mechanism": "als", "item-bias": False, "dp-max-interactions": 5})
+    cfg = RunConfig.from_mapping({**RELEASES, "dp.mechanism": "als", "model.item-bias": False,
+                                  "dp.max-interactions": 5})
     plan = noiseless(cfg, data)
     items = np.random.default_rng(0).normal(0, 0.3, (data.n_items, 8))
     stats, users = als_release(data, items, plan, cfg, SecretRandomness.fresh())
@@ -224,8 +228,8 @@ def test_als_statistics_without_noise_are_the_exact_sums_and_bounded_per_user(da
 
 
 def test_als_without_noise_learns_and_its_passes_audit_clean(tmp_path):
-    summary = run(tmp_path, **{"dp-mechanism": "als", "item-bias": False, "dp-noise": "central",
-                                "target-epsilon": 50.0})
+    summary = run(tmp_path, **{"dp.mechanism": "als", "model.item-bias": False, "dp.noise": "central",
+                                "dp.target-epsilon": 50.0})
     entries = read_jsonl(tmp_path / "run" / NAME)
     assert {e["mechanism"] for e in entries} == {"frequency", "als"}
     assert CliRunner().invoke(app, ["audit", str(tmp_path / "run" / NAME)]).exit_code == 0
@@ -237,7 +241,7 @@ def test_too_little_data_for_the_budget_releases_the_floor_model_with_the_whole_
     counts, the floor model (genre vectors, DP item biases) is evaluated and the run spends exactly its budget."""
     from server.releases import RHO_MIN
 
-    summary = run(tmp_path, **{"dp-noise": "central", "synthetic-users": 90, "target-epsilon": 2.0})
+    summary = run(tmp_path, **{"dp.noise": "central", "data.synthetic-users": 90, "dp.target-epsilon": 2.0})
     assert RHO_MIN > 2.0 * 90 and summary.rounds_run == 0
     entries = read_jsonl(tmp_path / "run" / NAME)
     assert {e["mechanism"] for e in entries} == {"frequency"} and {e["round"] for e in entries} == {0}

@@ -21,15 +21,16 @@ from tests.conftest import MODEL_AVERAGING
 # the most powerful audit setting tried: SGD (updates linear in the noisy clipped sums), a clip norm below every
 # user's gradient norm, q = 1, one canary user per distinct rare item, 400 canaries
 AUDIT = {**MODEL_AVERAGING,
-         "data-path": "synthetic", "synthetic-users": 300, "synthetic-items": 2000, "num-partitions": 2,
-         "min-nodes": 2, "model": "gmf", "embedding-dim": 16, "optimizer": "sgd", "lr": 0.5, "dp-sample-rate": 1.0,
-         "clip-norm": 0.01, "num-server-rounds": 6, "eval-every": 6, "patience": 0, "full-rank": False,
-         "privacy-unit": "user"}
+         "data.path": "synthetic", "data.synthetic-users": 300, "data.synthetic-items": 2000, "data.partitions": 2,
+         "federation.min-nodes": 2, "model.name": "gmf", "model.embedding-dim": 16, "train.optimizer": "sgd",
+         "train.lr": 0.5, "dp.sample-rate": 1.0,
+         "dp.clip-norm": 0.01, "federation.rounds": 6, "eval.every": 6, "eval.patience": 0, "eval.full-rank": False,
+         "dp.unit": "user"}
 CANARIES = 400
 
 
 def audited(tmp_path, epsilon: float, breakage: str | None = None) -> dict:
-    cfg = RunConfig.from_mapping({**AUDIT, "dp": True, "target-epsilon": epsilon})
+    cfg = RunConfig.from_mapping({**AUDIT, "dp.enabled": True, "dp.target-epsilon": epsilon})
     return empirical_epsilon(cfg, canaries=CANARIES, breakage=breakage, work_dir=tmp_path)
 
 
@@ -70,9 +71,11 @@ def test_canaries_are_inserted_as_drawn():
 def test_the_default_mechanism_is_audited_on_the_released_model(tmp_path):
     """Noise on the sum (here the coordinator's): the released global model is what an adversary sees; honest
     stays under the claim, the same run without noise is caught above it."""
-    default = {"data-path": "synthetic", "synthetic-users": 1000, "synthetic-items": 2000, "num-partitions": 2,
-               "min-nodes": 2, "model": "gmf", "embedding-dim": 16, "dp-noise": "central", "target-epsilon": 2.0,
-               "num-server-rounds": 6, "eval-every": 6, "full-rank": False}
+    default = {"data.path": "synthetic", "data.synthetic-users": 1000, "data.synthetic-items": 2000,
+               "data.partitions": 2,
+               "federation.min-nodes": 2, "model.name": "gmf", "model.embedding-dim": 16, "dp.noise": "central",
+               "dp.target-epsilon": 2.0,
+               "federation.rounds": 6, "eval.every": 6, "eval.full-rank": False}
     honest = empirical_epsilon(RunConfig.from_mapping(default), canaries=CANARIES, work_dir=tmp_path / "honest")
     assert honest["rounds"] >= 1 and honest["epsilon_lower_bound"] <= honest["claimed_epsilon"] <= 2.0, honest
     broken = empirical_epsilon(RunConfig.from_mapping(default), canaries=CANARIES, breakage="no-noise",

@@ -12,22 +12,23 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Message
 from flwr.supercore.task_identity import TaskIdentity
 
 from server import checkpoint
-from server.app import federated_run
 from server.guard import reply_problem
-from server.loop import InjectedFault, initial_model
+from server.loop import initial_model
 from shared.config import RunConfig
 from shared.models import LOCAL_PREFIX
 from simulations.client_app import app as client_app
 from simulations.inprocess import InProcessGrid, simulation_node_configs
+from simulations.server_app import InjectedFault, federated_run
 from tests.conftest import MODEL_AVERAGING
 
 SMALL = {**MODEL_AVERAGING,
-         "synthetic-users": 240, "synthetic-items": 300, "model": "gmf", "lr": 0.01, "num-partitions": 3,
-         "min-nodes": 3, "full-rank": False}
+         "data.synthetic-users": 240, "data.synthetic-items": 300, "model.name": "gmf", "train.lr": 0.01,
+         "data.partitions": 3,
+         "federation.min-nodes": 3, "eval.full-rank": False}
 
 
 def cfg_for(tmp_path, **extra) -> RunConfig:
-    return RunConfig.from_mapping({**SMALL, "run-dir": str(tmp_path / "run"), **extra})
+    return RunConfig.from_mapping({**SMALL, "federation.run-dir": str(tmp_path / "run"), **extra})
 
 
 def instruction(kind: str, arrays: ArrayRecord, config: dict, node: int = 1000) -> Message:
@@ -72,13 +73,13 @@ def test_node_refuses_a_different_catalog(tmp_path):
 
 
 def test_evaluate_handler_reports_additive_sums(tmp_path):
-    cfg = cfg_for(tmp_path, **{"full-rank": True})
+    cfg = cfg_for(tmp_path, **{"eval.full-rank": True})
     init, catalog = initial_model(cfg)
     ctx = Context(run_id=1, node_id=1000, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(),
                   run_config=cfg.to_flower_config())
     reply = client_app(instruction(MessageType.EVALUATE, ArrayRecord(init),
                                    {"server-round": 1, "run-key": "k", "catalog-hash": catalog,
-                                    "roles": "val,test", "full-rank": True}), ctx)
+                                    "roles": "val,test", "eval.full-rank": True}), ctx)
     m = reply.content["metrics"]
     assert m["val-count"] == m["test-count"] == m["num-examples"] == 80
     assert 0 <= m["val-hr-sum"] <= 80 and 0 <= m["test-hr-full-sum"] <= 80 and m["val-full-count"] == 80
@@ -92,7 +93,7 @@ def run_federation(cfg: RunConfig, *, tap=None, wrap=None, nodes: int = 3):
 
 def test_federation_learns_and_never_sends_user_parameters(tmp_path):
     sent = []
-    cfg = cfg_for(tmp_path, **{"num-server-rounds": 3})
+    cfg = cfg_for(tmp_path, **{"federation.rounds": 3})
     summary, _ = run_federation(cfg, tap=sent.append)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2, 3]
@@ -110,9 +111,9 @@ def test_federation_learns_and_never_sends_user_parameters(tmp_path):
 
 
 def test_resume_continues_at_the_next_round_from_the_checkpoint(tmp_path):
-    base = {"num-server-rounds": 4, "node-state-dir": str(tmp_path / "nodes")}
+    base = {"federation.rounds": 4, "sim.node-state-dir": str(tmp_path / "nodes")}
     with pytest.raises(InjectedFault):
-        run_federation(cfg_for(tmp_path, **base, **{"fail-after-round": 2}))
+        run_federation(cfg_for(tmp_path, **base, **{"sim.fail-after-round": 2}))
     ck = checkpoint.load(tmp_path / "run")
     assert ck.round == 2 and [r["round"] for r in ck.history] == [1, 2]
     # a stale line after the checkpoint (crash between log and checkpoint) must not survive the resume
@@ -128,7 +129,8 @@ def test_resume_continues_at_the_next_round_from_the_checkpoint(tmp_path):
             return app(msg, ctx)
         return call
 
-    summary, _ = run_federation(cfg_for(tmp_path, **base, **{"resume-from": str(tmp_path / "run")}), wrap=wrap)
+    resumed = cfg_for(tmp_path, **base, **{"federation.resume-from": str(tmp_path / "run")})
+    summary, _ = run_federation(resumed, wrap=wrap)
     assert first_sent[0]["round"] == 3
     assert all(np.array_equal(first_sent[0][k], v) for k, v in ck.arrays.items())
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -159,7 +161,7 @@ def corrupting(app, how: dict[int, str]):
 
 
 def test_bad_replies_are_rejected_with_a_reason_and_the_run_completes(tmp_path):
-    cfg = cfg_for(tmp_path, **{"num-server-rounds": 2, "num-partitions": 5, "min-nodes": 5})
+    cfg = cfg_for(tmp_path, **{"federation.rounds": 2, "data.partitions": 5, "federation.min-nodes": 5})
     summary, _ = run_federation(cfg, wrap=lambda a: corrupting(a, {0: "nan", 1: "shape", 2: "huge"}), nodes=5)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for r in records:
@@ -192,7 +194,7 @@ def test_reply_problem_checks_keys_dtype_and_num_examples():
 
 @pytest.mark.parametrize("strategy", ["fedprox", "fedadam"])
 def test_alternative_strategies_run_and_checkpoint_their_state(tmp_path, strategy):
-    cfg = cfg_for(tmp_path, **{"num-server-rounds": 2, "strategy": strategy})
+    cfg = cfg_for(tmp_path, **{"federation.rounds": 2, "federation.strategy": strategy})
     summary, _ = run_federation(cfg)
     assert summary.rounds_run == 2
     ck = checkpoint.load(tmp_path / "run")
@@ -201,7 +203,7 @@ def test_alternative_strategies_run_and_checkpoint_their_state(tmp_path, strateg
 
 def test_early_stopping_keeps_the_best_round(tmp_path):
     # with this learning rate validation HR peaks after a few rounds, then falls (seeded: deterministic)
-    cfg = cfg_for(tmp_path, **{"num-server-rounds": 12, "patience": 2, "lr": 0.1})
+    cfg = cfg_for(tmp_path, **{"federation.rounds": 12, "eval.patience": 2, "train.lr": 0.1})
     summary, _ = run_federation(cfg)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     best = max(records, key=lambda r: r["val"]["hr10"])
@@ -218,7 +220,7 @@ def test_evaluation_refit_of_user_rows_helps_stale_users_and_changes_no_stored_s
     from client.node_data import resolve_node_data
     from simulations.client_app import hand_over_partition
 
-    cfg = cfg_for(tmp_path, **{"num-partitions": 1, "lr": 0.02})
+    cfg = cfg_for(tmp_path, **{"data.partitions": 1, "train.lr": 0.02})
     hand_over_partition(cfg, 0, 1)  # the simulation layer hands the node its partition
     nd = resolve_node_data(cfg, {"partition-id": 0, "num-partitions": 1})
     node = LocalNode(cfg, nd.data, nd.value_range, nd.node_key)
@@ -229,7 +231,7 @@ def test_evaluation_refit_of_user_rows_helps_stale_users_and_changes_no_stored_s
     stale = node.fresh_local()  # users who never trained against this global part (cross-device: not sampled)
     kept = {k: v.clone() for k, v in stale.items()}
     plain = node.evaluate(global_part, stale, ["val"], full_rank=False, server_round=4)
-    refit_node = LocalNode(cfg.with_overrides({"eval-user-epochs": 3}), nd.data, nd.value_range, nd.node_key)
+    refit_node = LocalNode(cfg.with_overrides({"eval.user-epochs": 3}), nd.data, nd.value_range, nd.node_key)
     refit = refit_node.evaluate(global_part, stale, ["val"], full_rank=False, server_round=4)
     assert refit["val-hr-sum"] > plain["val-hr-sum"] + 0.15 * plain["val-count"]
     assert all(torch.equal(kept[k], stale[k]) for k in kept)  # evaluation never writes the node's user rows

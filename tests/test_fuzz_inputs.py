@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fedrec.cli import app
-from shared.config import RunConfig, parse_assignments
+from shared.config import OLD_KEYS, RunConfig, parse_assignments
 from shared.errors import ConfigError, FedrecError, KeyFileError
 from shared.keys import generate_keys, load_key
 from shared.ledger import SigningKey
@@ -65,13 +65,13 @@ def _not(parse, value: str) -> bool:
 
 def bad_values(key: str) -> st.SearchStrategy[str]:
     """Values that ``key`` must refuse (as typed on a command line)."""
-    f = RunConfig.keys()[key]
+    f = RunConfig.keys()[key][1]
     kind, meta = type(f.default), f.metadata
-    if "choices" in meta:
+    if meta.get("choices"):
         return JUNK.filter(lambda v: v.strip().strip('"') not in meta["choices"])
     if kind is bool:
         return JUNK.filter(lambda v: v.strip().strip('"').lower() not in ("true", "false"))
-    if key == "mlp-layers":
+    if key == "model.mlp-layers":
         return st.sampled_from(["", ",", "a", "0", "-1,2", "64,,x", "1.5"])
     out = [JUNK.filter(lambda v: _not(float, v.strip().strip('"')))]
     if kind is float:
@@ -88,15 +88,15 @@ def bad_values(key: str) -> st.SearchStrategy[str]:
     return st.one_of(out)
 
 
-KNOWN_KEYS = frozenset(RunConfig.keys())
-CHECKED = sorted(k for k, f in RunConfig.keys().items() if f.metadata or type(f.default) in (bool, int, float)
-                 or k == "mlp-layers")
+KNOWN_KEYS = frozenset(RunConfig.keys()) | frozenset(OLD_KEYS)  # old flat keys still load (deprecated)
+CHECKED = sorted(k for k, (_, f) in RunConfig.keys().items() if f.metadata.get("choices")
+                 or type(f.default) in (bool, int, float) or k == "model.mlp-layers")
 BAD_ASSIGNMENT = st.one_of(
     st.sampled_from(CHECKED).flatmap(lambda k: bad_values(k).map(lambda v: f"{k}={v}")),
     NAME.filter(lambda k: k not in KNOWN_KEYS).map(lambda k: f"{k}=1"),  # unknown key
     JUNK.filter(lambda v: "=" not in v),  # not key=value
 )
-SMALL = ["--set", "epochs=1", "--set", "synthetic-users=30", "--set", "synthetic-items=60"]
+SMALL = ["--set", "train.epochs=1", "--set", "data.synthetic-users=30", "--set", "data.synthetic-items=60"]
 
 
 @FUZZ
@@ -115,7 +115,7 @@ def test_bad_run_config_values_fail_cleanly_and_write_nothing(tmp_path_factory, 
 def test_a_config_file_of_random_bytes_fails_cleanly(tmp_path_factory, content):
     tmp = tmp_path_factory.mktemp("cfgfile")
     (tmp / "c.toml").write_bytes(content)
-    fails_cleanly(["train", "--config", str(tmp / "c.toml"), "--out", str(tmp / "out"), "--set", "epochs=0"],
+    fails_cleanly(["train", "--config", str(tmp / "c.toml"), "--out", str(tmp / "out"), "--set", "train.epochs=0"],
                   tmp / "out")
 
 
@@ -165,7 +165,7 @@ def test_keygen_with_a_missing_shared_item_key_writes_no_key_directory(tmp_path)
 
 def test_the_console_script_prints_one_line_and_exits_2(tmp_path):
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
-    for args in (["train", "--out", str(tmp_path / "o"), "--set", "lr=fast"], ["audit", str(tmp_path / "none")]):
+    for args in (["train", "--out", str(tmp_path / "o"), "--set", "train.lr=fast"], ["audit", str(tmp_path / "none")]):
         proc = subprocess.run([str(Path(sys.executable).parent / "fedrec"), *args], capture_output=True, text=True,
                               cwd=REPO, env=env, timeout=120)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -23,7 +23,8 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def ledger_entries(tmp_path_factory) -> list[dict]:
     data = InteractionData.from_tables(synthetic_tables(42, 60, 100))
-    cfg = RunConfig(dp=True, dp_mechanism="local-sgd", dp_noise="local", num_server_rounds=3, target_epsilon=2.0)
+    cfg = RunConfig.from_mapping({"dp.enabled": True, "dp.mechanism": "local-sgd", "dp.noise": "local",
+                                  "federation.rounds": 3, "dp.target-epsilon": 2.0})
     entries = []
     for node in ("a", "b"):
         root = tmp_path_factory.mktemp(node)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -419,28 +418,3 @@ def test_intra_list_diversity_matches_brute_force(lists: list[list[int]], vecs_l
                 dists.append(1.0 - cos)
         expected.append(float(np.mean(dists)) if dists else 0.0)
     np.testing.assert_allclose(intra_list_diversity(topk, vecs), expected, atol=1e-9)
-
-
-# ----------------------------------------------------------------------------- speed
-
-
-def _best_ms(fn, *args: object, repeat: int = 5) -> float:
-    best = math.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn(*args)
-        best = min(best, time.perf_counter() - t0)
-    return best * 1000
-
-
-def test_full_ranks_and_top_k_are_fast() -> None:
-    rng = np.random.default_rng(0)
-    n_users, n_items = 1000, 3706  # MovieLens-1M sized catalogue
-    scores = rng.standard_normal((n_users, n_items)).astype(np.float32)
-    counts = rng.integers(20, 300, n_users)
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    indices = np.concatenate([rng.choice(n_items, c, replace=False) for c in counts])
-    positives = rng.integers(0, n_items, n_users)
-    assert _best_ms(full_ranks, scores, positives, indptr, indices) < 100
-    assert _best_ms(top_k, scores, 10, indptr, indices) < 100
-    assert _best_ms(top_k, np.round(scores), 10, indptr, indices) < 100  # heavy ties

@@ -19,12 +19,13 @@ from tests.conftest import MODEL_AVERAGING
 
 # Per-model learning rates that reach a good fit in a few epochs on the small synthetic set.
 SETTINGS = {
-    "neumf": {"lr": 0.005},
-    "gmf": {"lr": 0.01},
-    "mlp": {"lr": 0.03, "mlp-layers": "64"},  # the seed DNN: one sigmoid hidden layer
+    "neumf": {"train.lr": 0.005},
+    "gmf": {"train.lr": 0.01},
+    "mlp": {"train.lr": 0.03, "model.mlp-layers": "64"},  # the seed DNN: one sigmoid hidden layer
 }
 SMALL = {**MODEL_AVERAGING,
-         "synthetic-users": 300, "synthetic-items": 400, "epochs": 5, "patience": 0, "full-rank": False}
+         "data.synthetic-users": 300, "data.synthetic-items": 400, "train.epochs": 5, "eval.patience": 0,
+         "eval.full-rank": False}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ class Popularity(torch.nn.Module):
 
 
 def cfg_for(model: str, **extra) -> RunConfig:
-    return RunConfig.from_mapping({"model": model, **SETTINGS[model], **SMALL, **extra})
+    return RunConfig.from_mapping({"model.name": model, **SETTINGS[model], **SMALL, **extra})
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -106,7 +107,8 @@ def test_explicit_model_beats_item_mean_baseline(model, small_data):
     item_mean = np.where(counts > 0, sums / np.maximum(counts, 1), data.train_values.mean())
     users, items, _ = data.held_out(splits.VAL)
     baseline = float(np.sqrt(np.mean((item_mean[items] - data.val_value[users]) ** 2)))
-    cfg = cfg_for(model, task="explicit", epochs=10 if model == "mlp" else 5)  # the sigmoid DNN learns slowly
+    # the sigmoid DNN learns slowly
+    cfg = cfg_for(model, **{"model.task": "explicit", "train.epochs": 10 if model == "mlp" else 5})
     result = train_centralized(cfg, data=data, value_range=vr, show_progress=False)
     assert result.val["rmse"] < 0.97 * baseline, (model, result.val, baseline)
     direct = evaluate_rating(build_model(cfg_for(model), data.n_users, data.n_items), data, "val", vr)
@@ -115,11 +117,12 @@ def test_explicit_model_beats_item_mean_baseline(model, small_data):
 
 def test_training_is_deterministic_given_the_seed(small_data):
     data, vr = small_data
-    cfg = cfg_for("gmf", epochs=2)
+    cfg = cfg_for("gmf", **{"train.epochs": 2})
     a = train_centralized(cfg, data=data, value_range=vr, show_progress=False)
     b = train_centralized(cfg, data=data, value_range=vr, show_progress=False)
     assert a.val == b.val and a.test == b.test
-    c = train_centralized(cfg_for("gmf", epochs=2, seed=7), data=data, value_range=vr, show_progress=False)
+    c = train_centralized(cfg_for("gmf", **{"train.epochs": 2, "seed": 7}), data=data, value_range=vr,
+                          show_progress=False)
     assert c.val != a.val
 
 
@@ -127,12 +130,12 @@ def test_neumf_from_pretrained_fuses_the_two_towers():
     """NCF pretraining: the fused NeuMF scores alpha * GMF + (1 - alpha) * MLP logits exactly."""
     from shared.models.factory import neumf_from_pretrained
 
-    base = {"embedding-dim": 8, "mlp-layers": "16,8"}
+    base = {"model.embedding-dim": 8, "model.mlp-layers": "16,8"}
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        gmf = build_model(RunConfig.from_mapping({**base, "model": "gmf"}), 5, 9)
-        mlp = build_model(RunConfig.from_mapping({**base, "model": "mlp", "mlp-activation": "relu"}), 5, 9)
-        neumf = build_model(RunConfig.from_mapping({**base, "model": "neumf"}), 5, 9)
+        gmf = build_model(RunConfig.from_mapping({**base, "model.name": "gmf"}), 5, 9)
+        mlp = build_model(RunConfig.from_mapping({**base, "model.name": "mlp", "model.mlp-activation": "relu"}), 5, 9)
+        neumf = build_model(RunConfig.from_mapping({**base, "model.name": "neumf"}), 5, 9)
         for p in [*gmf.parameters(), *mlp.parameters()]:
             torch.nn.init.normal_(p)
     neumf_from_pretrained(neumf, gmf, mlp, alpha=0.3)

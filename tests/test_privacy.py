@@ -23,6 +23,9 @@ from shared.models import build_model
 from shared.secret_random import SecretRandomness
 from shared.seeding import numpy_rng, torch_generator, torch_seed
 
+# One clipped, noised update per node (the noise added by each node; DP-FedAvg style).
+LOCAL_SGD = {"dp.enabled": True, "dp.mechanism": "local-sgd", "dp.noise": "local"}
+
 
 # --- golden values of the privacy math ---------------------------------------------------------
 def test_golden_epsilon_rdp_both_implementations():
@@ -83,7 +86,7 @@ def private_step(model, dataset, *, z, clip, batch, n):
 
 
 def test_zero_noise_unbounded_clipping_equals_plain_training(data):
-    cfg = RunConfig(model="gmf")
+    cfg = RunConfig.from_mapping({"model.name": "gmf"})
     with torch_seed(0, "m"):
         plain = build_model(cfg, data.n_users, data.n_items)
     private = build_model(cfg, data.n_users, data.n_items)
@@ -104,7 +107,7 @@ def test_zero_noise_unbounded_clipping_equals_plain_training(data):
 
 def test_clipping_bounds_each_users_contribution(data):
     """A user with 500 interactions moves the model no more than one with 5: at most C each."""
-    cfg = RunConfig(model="gmf")
+    cfg = RunConfig.from_mapping({"model.name": "gmf"})
     heavy = InteractionData(
         user_ids=np.array(["a", "b"], dtype=object), n_items=600,
         train_indptr=np.array([0, 500, 505]), train_items=np.r_[np.arange(500), np.arange(5)],
@@ -135,8 +138,8 @@ def test_clipping_bounds_each_users_contribution(data):
 
 # --- budget -------------------------------------------------------------------------------------
 def test_plan_covers_the_run_and_the_guard_refuses_beyond_it(data):
-    cfg = RunConfig(dp=True, dp_mechanism="local-sgd", dp_noise="local", num_server_rounds=4, target_epsilon=2.0,
-                    dp_sample_rate=0.2)
+    cfg = RunConfig.from_mapping({**LOCAL_SGD, "federation.rounds": 4, "dp.target-epsilon": 2.0,
+                                  "dp.sample-rate": 0.2})
     plan = plan_for(cfg, data)
     history = []
     for _ in range(4):
@@ -148,7 +151,7 @@ def test_plan_covers_the_run_and_the_guard_refuses_beyond_it(data):
 
 
 def test_a_restarted_node_does_not_forget_spent_budget(tmp_path, data):
-    cfg = RunConfig(dp=True, dp_mechanism="local-sgd", dp_noise="local", num_server_rounds=3, target_epsilon=1.0)
+    cfg = RunConfig.from_mapping({**LOCAL_SGD, "federation.rounds": 3, "dp.target-epsilon": 1.0})
     first = PrivacyAccount(NodeStateStore(RecordDict(), tmp_path, "run1"), cfg, data)
     for rnd in (1, 2):
         first.record(rnd, first.plan.steps_per_round)
@@ -173,8 +176,8 @@ def test_empty_poisson_batches_still_take_a_noisy_step(data):
     tiny = data.subset(np.arange(3))
     empty = UserSamples(tiny, max_interactions=8, k=2, rng=numpy_rng(0)).__getitems__([])
     assert [tuple(t.shape) for t in empty] == [(0,), (0, 24), (0, 24), (0, 24)]
-    cfg = RunConfig(dp=True, dp_mechanism="local-sgd", dp_noise="local", model="gmf", dp_sample_rate=0.2,
-                    local_epochs=10, num_server_rounds=1, user_epochs=0)
+    cfg = RunConfig.from_mapping({**LOCAL_SGD, "model.name": "gmf", "dp.sample-rate": 0.2,
+                                  "train.local-epochs": 10, "federation.rounds": 1, "train.user-epochs": 0})
     plan = plan_for(cfg, tiny)
     with torch_seed(0, "m"):
         model = build_model(cfg, tiny.n_users, tiny.n_items)
@@ -194,7 +197,7 @@ def test_physical_chunks_give_exactly_the_one_pass_clipped_sum(data):
     grads = []
     for chunk_pairs in (10**9, 3 * 48):  # one pass; 3 users (48 pairs each) per chunk
         with torch_seed(0, "m"):
-            model = build_model(RunConfig(model="gmf"), data.n_users, data.n_items)
+            model = build_model(RunConfig.from_mapping({"model.name": "gmf"}), data.n_users, data.n_items)
         dataset = UserSamples(data, max_interactions=16, k=2, rng=numpy_rng(0, "d"))
         parts, _ = private_step(model, dataset, z=0.0, clip=0.01, batch=40, n=data.n_users)
         batch = dataset.__getitems__(list(range(40)))

@@ -29,11 +29,13 @@ from shared.pseudonyms import pseudonym
 from shared.synthetic import SyntheticSpec, generate
 from simulations.centralized import train_centralized
 from simulations.client_app import app as client_app
+from simulations.client_app import hand_over_partition
 from simulations.inprocess import InProcessGrid, simulation_node_configs
 from tests.conftest import MODEL_AVERAGING
 
 SMALL = {**MODEL_AVERAGING,
-         "synthetic-users": 160, "synthetic-items": 240, "epochs": 2, "patience": 0, "full-rank": False, "lr": 0.01}
+         "data.synthetic-users": 160, "data.synthetic-items": 240, "train.epochs": 2, "eval.patience": 0,
+         "eval.full-rank": False, "train.lr": 0.01}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -74,9 +76,9 @@ def test_top_k_equals_the_model_forward_ranking_with_seen_items_excluded(runs, m
     else:  # an untrained model with a random per-item offset (when the config has item-bias)
         name = model.removesuffix("-item-bias")
         known = RunConfig.keys()
-        if "item-bias" not in known:
+        if "model.item-bias" not in known:
             pytest.skip("this checkout has no item-bias option")
-        cfg = RunConfig.from_mapping({**SMALL, "model": name, "item-bias": True, "mlp-layers": "16,8"})
+        cfg = RunConfig.from_mapping({**SMALL, "model.name": name, "model.item-bias": True, "model.mlp-layers": "16,8"})
         data = InteractionData.from_tables(synthetic_tables(42, 160, 240))
         try:
             net = build_model(cfg, data.n_users, data.n_items)
@@ -180,13 +182,13 @@ def _federate(cfg: RunConfig, node_configs):
 
 
 def test_federated_simulation_run_dir_gives_each_node_its_own_users(tmp_path, monkeypatch):
-    cfg = RunConfig.from_mapping({**SMALL, "model": "gmf", "num-partitions": 2, "min-nodes": 2,
-                                  "num-server-rounds": 1, "run-dir": str(tmp_path / "run"),
-                                  "node-state-dir": str(tmp_path / "nodes")})
+    cfg = RunConfig.from_mapping({**SMALL, "model.name": "gmf", "data.partitions": 2, "federation.min-nodes": 2,
+                                  "federation.rounds": 1, "federation.run-dir": str(tmp_path / "run"),
+                                  "sim.node-state-dir": str(tmp_path / "nodes")})
     _federate(cfg, simulation_node_configs(2))
     seen_users = set()
     for pid in (0, 1):
-        rec = ModelSource(run=tmp_path / "run", partition=pid).load()
+        rec = ModelSource(run=tmp_path / "run", partition=pid, hand_over=hand_over_partition).load()
         stored = next((tmp_path / "nodes" / f"partition-{pid}").glob("*/user_emb.pt"))
         payload = torch.load(stored, weights_only=True)
         assert payload["users"] == users_fingerprint(rec.user_ids)
@@ -198,30 +200,31 @@ def test_federated_simulation_run_dir_gives_each_node_its_own_users(tmp_path, mo
     frame = pd.read_csv(tmp_path / "all.csv")
     assert len(frame) == 160 * 3 and set(frame["user"]) == seen_users  # every node's users, each with its own rows
     with pytest.raises(FedrecError, match="--partition"):
-        ModelSource(run=tmp_path / "run").load()
+        ModelSource(run=tmp_path / "run", hand_over=hand_over_partition).load()
     with pytest.raises(FedrecError, match="outside"):
-        ModelSource(run=tmp_path / "run", partition=2).load()
+        ModelSource(run=tmp_path / "run", partition=2, hand_over=hand_over_partition).load()
 
 
 def test_serving_refits_users_like_evaluation_and_leaves_the_stored_rows(tmp_path):
-    cfg = RunConfig.from_mapping({**SMALL, "model": "gmf", "num-partitions": 1, "min-nodes": 1,
-                                  "num-server-rounds": 1, "run-dir": str(tmp_path / "run"),
-                                  "node-state-dir": str(tmp_path / "nodes"), "eval-user-epochs": 2})
+    cfg = RunConfig.from_mapping({**SMALL, "model.name": "gmf", "data.partitions": 1, "federation.min-nodes": 1,
+                                  "federation.rounds": 1, "federation.run-dir": str(tmp_path / "run"),
+                                  "sim.node-state-dir": str(tmp_path / "nodes"), "eval.user-epochs": 2})
     _federate(cfg, simulation_node_configs(1))
     stored = next((tmp_path / "nodes" / "partition-0").glob("*/user_emb.pt"))
     before = stored.read_bytes()
-    rec = ModelSource(run=tmp_path / "run", partition=0).load()
+    rec = ModelSource(run=tmp_path / "run", partition=0, hand_over=hand_over_partition).load()
     rows = torch.load(stored, weights_only=True)["state"]["user_emb.gmf.weight"]
     assert not torch.equal(rec.model.user_emb["gmf"].weight, rows)  # refitted to the served global part
-    again = ModelSource(run=tmp_path / "run", partition=0).load()
+    again = ModelSource(run=tmp_path / "run", partition=0, hand_over=hand_over_partition).load()
     assert torch.equal(rec.model.user_emb["gmf"].weight, again.model.user_emb["gmf"].weight)  # deterministic
     assert stored.read_bytes() == before
 
 
 def test_deployment_layout_model_data_and_state_dir(tmp_path):
     data_dir = prepared.write(synthetic_tables(42, 160, 240), tmp_path / "node-data")
-    cfg = RunConfig.from_mapping({**SMALL, "model": "gmf", "data-path": str(data_dir), "num-partitions": 1,
-                                  "min-nodes": 1, "num-server-rounds": 1, "run-dir": str(tmp_path / "run")})
+    cfg = RunConfig.from_mapping({**SMALL, "model.name": "gmf", "data.path": str(data_dir), "data.partitions": 1,
+                                  "federation.min-nodes": 1, "federation.rounds": 1,
+                                  "federation.run-dir": str(tmp_path / "run")})
     _federate(cfg, [{"data-path": str(data_dir), "state-dir": str(tmp_path / "state")}])
     rec = ModelSource(model=tmp_path / "run" / "model.pt", data=data_dir, state_dir=tmp_path / "state").load()
     assert rec.n_users == 160
@@ -276,7 +279,7 @@ def test_owner_reveals_recommendations_and_a_wrong_key_fails_cleanly(tmp_path, m
     raw.to_csv(tmp_path / "log.csv", index=False)
     keys = generate_keys(tmp_path / "keys")
     prepare_dataset(tmp_path / "log.csv", PrepareOptions(keys=tmp_path / "keys", out=tmp_path / "ds"))
-    cfg = RunConfig.from_mapping({**SMALL, "model": "gmf", "data-path": str(tmp_path / "ds"), "epochs": 1})
+    cfg = RunConfig.from_mapping({**SMALL, "model.name": "gmf", "data.path": str(tmp_path / "ds"), "train.epochs": 1})
     train_centralized(cfg, tmp_path / "run", show_progress=False)
     assert run_cli(monkeypatch, "recommend", "--run", tmp_path / "run", "--k", 5, "--out", tmp_path / "r.csv") == 0
     n = reveal(tmp_path / "r.csv", dataset=tmp_path / "ds", keys_dir=tmp_path / "keys", out=tmp_path / "raw.csv")

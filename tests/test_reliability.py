@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from server import checkpoint
-from server.app import federated_run
 from server.ledger import NAME as FEDERATION_LEDGER
-from server.loop import InjectedFault, initial_model
+from server.loop import initial_model
 from server.robust import ReplayRegistry, update_digest
 from shared.audit import audit_entries
 from shared.config import RunConfig
@@ -26,10 +25,12 @@ from shared.ledger import read_jsonl
 from simulations.client_app import app as client_app
 from simulations.faults import failing_partitions, hostile, node_fails
 from simulations.inprocess import InProcessGrid, simulation_node_configs
+from simulations.server_app import InjectedFault, federated_run
 from tests.conftest import MODEL_AVERAGING
 
 SMALL = {**MODEL_AVERAGING,
-         "synthetic-users": 200, "synthetic-items": 240, "model": "gmf", "lr": 0.01, "full-rank": False}
+         "data.synthetic-users": 200, "data.synthetic-items": 240, "model.name": "gmf", "train.lr": 0.01,
+         "eval.full-rank": False}
 
 
 @pytest.fixture(autouse=True)
@@ -41,14 +42,15 @@ def one_thread():
 
 
 def make_cfg(tmp_path: Path, nodes: int, **extra) -> RunConfig:
-    return RunConfig.from_mapping({**SMALL, "num-partitions": nodes, "min-nodes": nodes,
-                                   "run-dir": str(tmp_path / "run"), "node-state-dir": str(tmp_path / "nodes"),
+    return RunConfig.from_mapping({**SMALL, "data.partitions": nodes, "federation.min-nodes": nodes,
+                                   "federation.run-dir": str(tmp_path / "run"),
+                                   "sim.node-state-dir": str(tmp_path / "nodes"),
                                    **extra})
 
 
 def federate(cfg: RunConfig, wrap=None):
     app = wrap(client_app) if wrap else client_app
-    grid = InProcessGrid(app, simulation_node_configs(cfg.num_partitions), cfg.to_flower_config())
+    grid = InProcessGrid(app, simulation_node_configs(cfg.data.partitions), cfg.to_flower_config())
     return federated_run(cfg, grid, 1).execute(), grid
 
 
@@ -87,8 +89,8 @@ def test_failing_nodes_are_an_exact_deterministic_fraction_per_round():
 # ----------------------------------------------------------------------------- dropouts
 def test_crashed_nodes_are_reported_and_spend_no_privacy(tmp_path):
     nodes, rounds = 4, 3
-    cfg = make_cfg(tmp_path, nodes, **{"num-server-rounds": rounds, "fault-dropout": 0.5, "dp": True,
-                                       "target-epsilon": 3.0})
+    cfg = make_cfg(tmp_path, nodes, **{"federation.rounds": rounds, "sim.fault-dropout": 0.5, "dp.enabled": True,
+                                       "dp.target-epsilon": 3.0})
     summary, _ = federate(cfg)
     assert summary.rounds_run == rounds
     trained = Counter()
@@ -107,8 +109,8 @@ def test_crashed_nodes_are_reported_and_spend_no_privacy(tmp_path):
 
 def test_late_nodes_spend_and_their_spend_reaches_the_ledger_with_their_next_reply(tmp_path):
     nodes, rounds = 4, 4
-    cfg = make_cfg(tmp_path, nodes, **{"num-server-rounds": rounds, "fault-dropout": 0.25, "fault-mode": "late",
-                                       "dp": True, "target-epsilon": 3.0})
+    cfg = make_cfg(tmp_path, nodes, **{"federation.rounds": rounds, "sim.fault-dropout": 0.25, "sim.fault-mode": "late",
+                                       "dp.enabled": True, "dp.target-epsilon": 3.0})
     summary, grid = federate(cfg)
     assert summary.rounds_run == rounds
     late = set()
@@ -136,7 +138,7 @@ def test_late_nodes_spend_and_their_spend_reaches_the_ledger_with_their_next_rep
 # ----------------------------------------------------------------------------- hostile replies
 def test_non_conforming_replies_are_rejected_with_a_logged_reason(tmp_path, caplog):
     kinds = {0: "inf", 1: "dtype", 2: "keys", 3: "huge"}
-    cfg = make_cfg(tmp_path, 6, **{"num-server-rounds": 2})
+    cfg = make_cfg(tmp_path, 6, **{"federation.rounds": 2})
     with caplog.at_level("WARNING", logger="flwr"):
         summary, _ = federate(cfg, wrap=lambda app: hostile(app, kinds))
     expect = {1000: "non-finite", 1001: "dtype", 1002: "array keys", 1003: "update norm"}
@@ -152,11 +154,11 @@ def test_non_conforming_replies_are_rejected_with_a_logged_reason(tmp_path, capl
 
 def test_replayed_and_copied_updates_are_rejected_also_after_a_resume(tmp_path):
     wrapped = hostile(client_app, {0: "replay", 1: "copy"})  # one wrapper: it remembers across the resume
-    base = {"num-server-rounds": 4}
+    base = {"federation.rounds": 4}
     with pytest.raises(InjectedFault):
-        federate(make_cfg(tmp_path, 4, **base, **{"fail-after-round": 2}), wrap=lambda _: wrapped)
+        federate(make_cfg(tmp_path, 4, **base, **{"sim.fail-after-round": 2}), wrap=lambda _: wrapped)
     assert len(checkpoint.load(tmp_path / "run").strategy_state["replay-registry"]["digests"]) >= 5
-    federate(make_cfg(tmp_path, 4, **base, **{"resume-from": str(tmp_path / "run")}), wrap=lambda _: wrapped)
+    federate(make_cfg(tmp_path, 4, **base, **{"federation.resume-from": str(tmp_path / "run")}), wrap=lambda _: wrapped)
     rs = records(tmp_path)
     assert [r["round"] for r in rs] == [1, 2, 3, 4]
     assert 1000 in rs[0]["nodes"]  # round 1: the replaying node sent its honest update
@@ -181,19 +183,19 @@ def test_replay_registry_survives_a_checkpoint_and_ignores_an_unchanged_model():
 
 # ----------------------------------------------------------------------------- robust aggregation
 def test_robust_aggregation_config_rejects_impossible_combinations():
-    RunConfig.from_mapping({"aggregation": "median", "norm-bound": 2.0})
+    RunConfig.from_mapping({"federation.aggregation": "median", "federation.norm-bound": 2.0})
     with pytest.raises(ConfigError, match="aggregation"):
-        RunConfig.from_mapping({"aggregation": "trimmed-mean", "strategy": "fedadam"})
+        RunConfig.from_mapping({"federation.aggregation": "trimmed-mean", "federation.strategy": "fedadam"})
     with pytest.raises(ConfigError, match="aggregation"):
-        RunConfig.from_mapping({"aggregation": "median", "dp": True, "privacy-unit": "node"})
+        RunConfig.from_mapping({"federation.aggregation": "median", "dp.enabled": True, "dp.unit": "node"})
     with pytest.raises(ConfigError, match="secure aggregation"):
-        RunConfig.from_mapping({"norm-bound": 1.0, "secure-aggregation": True})
+        RunConfig.from_mapping({"federation.norm-bound": 1.0, "transport.secure-aggregation": True})
     with pytest.raises(ConfigError, match="trim-fraction"):
-        RunConfig.from_mapping({"trim-fraction": 0.5})
+        RunConfig.from_mapping({"federation.trim-fraction": 0.5})
 
 
 def test_norm_bound_scales_every_long_update_down(tmp_path):
-    cfg = make_cfg(tmp_path, 3, **{"num-server-rounds": 1, "norm-bound": 0.5})
+    cfg = make_cfg(tmp_path, 3, **{"federation.rounds": 1, "federation.norm-bound": 0.5})
     init, _ = initial_model(cfg)
     federate(cfg)
     (r,) = records(tmp_path)
@@ -206,7 +208,8 @@ def test_norm_bound_scales_every_long_update_down(tmp_path):
 
 @pytest.mark.parametrize("aggregation", ["median", "trimmed-mean"])
 def test_robust_aggregation_runs_and_learns(tmp_path, aggregation):
-    cfg = make_cfg(tmp_path, 5, **{"num-server-rounds": 2, "aggregation": aggregation, "trim-fraction": 0.2})
+    cfg = make_cfg(tmp_path, 5, **{"federation.rounds": 2, "federation.aggregation": aggregation,
+                                   "federation.trim-fraction": 0.2})
     summary, _ = federate(cfg)
     assert summary.rounds_run == 2 and summary.val["hr10"] > 0.4
     rs = records(tmp_path)
@@ -218,11 +221,12 @@ def test_a_poisoning_node_promotes_its_target_unless_the_aggregation_is_robust(t
     from simulations.benchmarks.reliability import target_exposure, target_item
     from simulations.faults import poisoning
 
-    base = {"synthetic-users": 300, "synthetic-items": 300, "num-server-rounds": 4}
+    base = {"data.synthetic-users": 300, "data.synthetic-items": 300, "federation.rounds": 4}
     target = target_item(make_cfg(tmp_path, 5, **base))
     exposure = {}
-    for name, extra, attacked in [("clean", {}, False), ("mean", {}, True), ("median", {"aggregation": "median"}, True),
-                                  ("trimmed", {"aggregation": "trimmed-mean"}, True)]:
+    for name, extra, attacked in [("clean", {}, False), ("mean", {}, True),
+                                  ("median", {"federation.aggregation": "median"}, True),
+                                  ("trimmed", {"federation.aggregation": "trimmed-mean"}, True)]:
         cfg = make_cfg(tmp_path / name, 5, **base, **extra)
         federate(cfg, wrap=(lambda app: poisoning(app, 0, target, boost=300.0)) if attacked else None)
         exposure[name] = target_exposure(tmp_path / name / "run", target, [1, 2, 3, 4])

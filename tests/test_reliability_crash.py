@@ -39,7 +39,7 @@ from pathlib import Path
 run_federation_inprocess(RunConfig.from_mapping(json.loads(sys.argv[1])), Path(sys.argv[2]))
 """
 NODES, ROUNDS = 3, 4
-DP = {**MODEL_AVERAGING, "num-server-rounds": ROUNDS, "dp": True, "target-epsilon": 3.0}
+DP = {**MODEL_AVERAGING, "federation.rounds": ROUNDS, "dp.enabled": True, "dp.target-epsilon": 3.0}
 
 
 def checkpointed_round(run_dir: Path) -> int:
@@ -86,14 +86,14 @@ def uninterrupted(tmp_path_factory):
     out = {}
     for dp in (True, False):
         tmp = tmp_path_factory.mktemp("clean")
-        out[dp] = federate(make_cfg(tmp, NODES, **{**DP, "dp": dp}))[0]
+        out[dp] = federate(make_cfg(tmp, NODES, **{**DP, "dp.enabled": dp}))[0]
     return out
 
 
 @pytest.mark.parametrize(("when", "dp"), [("between-rounds", False), ("between-rounds", True), ("mid-round", True)])
 def test_killed_coordinator_resumes_without_losing_or_duplicating_anything(tmp_path, uninterrupted, when, dp):
     crashed = tmp_path / "crashed"
-    settings = {**DP, "dp": dp}
+    settings = {**DP, "dp.enabled": dp}
     cfg = make_cfg(crashed, NODES, **settings)
     if when == "between-rounds":
         kill_when(cfg, crashed / "run", lambda: checkpointed_round(crashed / "run") >= 2)
@@ -101,7 +101,7 @@ def test_killed_coordinator_resumes_without_losing_or_duplicating_anything(tmp_p
         kill_when(cfg, crashed / "run", lambda: spent_in_round(crashed / "nodes", 3))
     assert checkpointed_round(crashed / "run") in (2, 3)
     # restart with resume: the run continues after its last checkpoint
-    summary, _ = federate(make_cfg(crashed, NODES, **settings, **{"resume-from": str(crashed / "run")}))
+    summary, _ = federate(make_cfg(crashed, NODES, **settings, **{"federation.resume-from": str(crashed / "run")}))
     rs = records(crashed)
     assert [r["round"] for r in rs] == list(range(1, ROUNDS + 1)) and summary.rounds_run == ROUNDS
     reference = uninterrupted[dp]
@@ -128,9 +128,9 @@ def test_killed_coordinator_resumes_without_losing_or_duplicating_anything(tmp_p
 
 
 def test_resume_refuses_a_corrupt_checkpoint_with_a_clear_error(tmp_path):
-    cfg = make_cfg(tmp_path, 2, **{"num-server-rounds": 2, "fail-after-round": 1})
+    cfg = make_cfg(tmp_path, 2, **{"federation.rounds": 2, "sim.fail-after-round": 1})
     with pytest.raises(RuntimeError):
         federate(cfg)
     (tmp_path / "run" / "checkpoint.pt").write_bytes(b"\x00garbage")
     with pytest.raises(FedrecError, match="unreadable checkpoint"):
-        federate(make_cfg(tmp_path, 2, **{"num-server-rounds": 2, "resume-from": str(tmp_path / "run")}))
+        federate(make_cfg(tmp_path, 2, **{"federation.rounds": 2, "federation.resume-from": str(tmp_path / "run")}))

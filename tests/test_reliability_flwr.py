@@ -34,8 +34,9 @@ from tests.conftest import MODEL_AVERAGING, REPO
 
 pytestmark = pytest.mark.slow
 BASE = {**{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in MODEL_AVERAGING.items()},
-        "num-partitions": "2", "min-nodes": "2", "synthetic-users": "200", "synthetic-items": "300", "model": "gmf",
-        "lr": "0.01", "full-rank": "false"}
+        "data.partitions": "2", "federation.min-nodes": "2", "data.synthetic-users": "200",
+        "data.synthetic-items": "300", "model.name": "gmf",
+        "train.lr": "0.01", "eval.full-rank": "false"}
 
 
 def metrics(run: Path) -> list[dict]:
@@ -50,8 +51,8 @@ def chains(run: Path, nodes: int) -> dict[int, list[dict]]:
 
 def test_crashing_nodes_through_the_flower_runtime(tmp_path):
     run = tmp_path / "run"
-    result = simulate("synthetic", {**BASE, "num-server-rounds": "3", "fault-dropout": "0.5", "dp": "true",
-                                    "target-epsilon": "3.0"}, run, show_progress=False)
+    result = simulate("synthetic", {**BASE, "federation.rounds": "3", "sim.fault-dropout": "0.5", "dp.enabled": "true",
+                                    "dp.target-epsilon": "3.0"}, run, show_progress=False)
     assert result.summary["rounds_run"] == 3
     trained = {0: 0, 1: 0}
     for r in metrics(run):
@@ -68,8 +69,9 @@ def test_crashing_nodes_through_the_flower_runtime(tmp_path):
 
 def test_late_nodes_through_the_flower_runtime(tmp_path):
     run = tmp_path / "run"
-    result = simulate("synthetic", {**BASE, "num-server-rounds": "2", "fault-dropout": "0.5", "fault-mode": "late",
-                                    "round-timeout": "20", "dp": "true", "target-epsilon": "3.0"},
+    result = simulate("synthetic", {**BASE, "federation.rounds": "2", "sim.fault-dropout": "0.5",
+                                    "sim.fault-mode": "late",
+                                    "federation.round-timeout": "20", "dp.enabled": "true", "dp.target-epsilon": "3.0"},
                       run, show_progress=False)
     assert result.summary["rounds_run"] == 2
     for r in metrics(run):
@@ -128,7 +130,7 @@ def fedrec(*args: str) -> list[str]:
 
 def test_killed_serverapp_resumes_with_fedrec_simulate_resume(tmp_path):
     crashed, clean = tmp_path / "crashed", tmp_path / "clean"
-    sets = [x for k, v in {**BASE, "num-server-rounds": "4", "dp": "true", "target-epsilon": "3.0"}.items()
+    sets = [x for k, v in {**BASE, "federation.rounds": "4", "dp.enabled": "true", "dp.target-epsilon": "3.0"}.items()
             for x in ("--set", f"{k}={v}")]
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     proc = subprocess.Popen(fedrec("simulate", "--quiet", "--out", str(crashed), *sets), cwd=REPO, env=env,
@@ -166,7 +168,8 @@ def test_killed_serverapp_resumes_with_fedrec_simulate_resume(tmp_path):
     assert len(ids) == len(set(ids))  # nothing twice
     assert sorted(e["signature"] for e in federation) == sorted(e["signature"] for c in own.values() for e in c)
     assert all(a.ok for a in audit_entries(federation))
-    reference = simulate("synthetic", {**BASE, "num-server-rounds": "4", "dp": "true", "target-epsilon": "3.0"},
+    reference = simulate("synthetic", {**BASE, "federation.rounds": "4", "dp.enabled": "true",
+                                       "dp.target-epsilon": "3.0"},
                          clean, show_progress=False).summary["test"]
     test = json.loads((crashed / "summary.json").read_text())["test"]
     p, n = (test["hr10"] + reference["hr10"]) / 2, test["count"]

@@ -40,21 +40,24 @@ def test_changed_rows_shapes():
     assert changed_rows(np.float64(1.0), np.float64(1.0)).tolist() == [False]
 
 
-@pytest.mark.parametrize("extra", [{"dp": True}, {"update-compression": "fp16"}, {"secure-aggregation": True},
-                                   {"strategy": "fedadam"}])
+@pytest.mark.parametrize("extra", [{"dp.enabled": True}, {"transport.compression": "fp16"},
+                                   {"transport.secure-aggregation": True}, {"federation.strategy": "fedadam"}])
 def test_row_mean_refuses_what_changes_every_row(extra):
     with pytest.raises(ConfigError, match="aggregation"):
-        RunConfig.from_mapping({**MODEL_AVERAGING, "aggregation": "row-mean", **extra})
+        RunConfig.from_mapping({**MODEL_AVERAGING, "federation.aggregation": "row-mean", **extra})
 
 
 def test_row_mean_runs_through_the_coordinator_loop(tmp_path):
     from simulations.benchmarks.common import run_federation_inprocess
 
     cfg = RunConfig.from_mapping({**MODEL_AVERAGING,
-        "synthetic-users": 120, "synthetic-items": 200, "partitioner": "user-per-node", "num-partitions": 120,
-        "min-nodes": 120, "model": "gmf", "embedding-dim": 8, "lr": 0.05, "local-epochs": 2, "fraction-train": 0.25,
-        "num-server-rounds": 3, "eval-every": 3, "full-rank": False, "patience": 0, "max-update-norm": 1000.0,
-        "aggregation": "row-mean"})
+        "data.synthetic-users": 120, "data.synthetic-items": 200, "data.partitioner": "user-per-node",
+        "data.partitions": 120,
+        "federation.min-nodes": 120, "model.name": "gmf", "model.embedding-dim": 8, "train.lr": 0.05,
+        "train.local-epochs": 2, "federation.fraction-train": 0.25,
+        "federation.rounds": 3, "eval.every": 3, "eval.full-rank": False, "eval.patience": 0,
+        "federation.max-update-norm": 1000.0,
+        "federation.aggregation": "row-mean"})
     summary, records, _ = run_federation_inprocess(cfg, tmp_path / "run")
     losses = [r["train_loss"] for r in records]
     assert len(losses) == 3 and losses[-1] < losses[0]

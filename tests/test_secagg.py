@@ -23,8 +23,10 @@ from tests.test_wire_privacy import WireRecorder
 
 CLIP, TARGET = 8.0, 2**22  # SecAggPlusWorkflow's clipping and quantization ranges (the defaults fedrec uses)
 BASE = {**MODEL_AVERAGING,
-        "synthetic-users": 240, "synthetic-items": 300, "model": "gmf", "lr": 0.01, "num-partitions": 3,
-        "min-nodes": 3, "full-rank": False, "secure-aggregation": True, "secagg-max-weight": 10000.0}
+        "data.synthetic-users": 240, "data.synthetic-items": 300, "model.name": "gmf", "train.lr": 0.01,
+        "data.partitions": 3,
+        "federation.min-nodes": 3, "eval.full-rank": False, "transport.secure-aggregation": True,
+        "transport.secagg-max-weight": 10000.0}
 
 
 def test_secagg_round_equals_fedavg_up_to_quantization_and_tolerates_a_dropout(tmp_path, monkeypatch):
@@ -42,8 +44,9 @@ def test_secagg_round_equals_fedavg_up_to_quantization_and_tolerates_a_dropout(t
         stage = msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get("stage")
         return msg.metadata.dst_node_id == 1001 and stage in (Stage.COLLECT_MASKED_VECTORS, Stage.UNMASK)
 
-    cfg = RunConfig.from_mapping({**BASE, "num-server-rounds": 1, "dp": True, "run-dir": str(tmp_path / "run"),
-                                  "node-state-dir": str(tmp_path / "nodes")})
+    cfg = RunConfig.from_mapping({**BASE, "federation.rounds": 1, "dp.enabled": True,
+                                  "federation.run-dir": str(tmp_path / "run"),
+                                  "sim.node-state-dir": str(tmp_path / "nodes")})
     grid = InProcessGrid(WireRecorder(client_app), simulation_node_configs(3), cfg.to_flower_config(), drop=drop)
     summary = SecAggRun(cfg, grid, 1).execute()
     assert summary.rounds_run == 1
@@ -56,7 +59,7 @@ def test_secagg_round_equals_fedavg_up_to_quantization_and_tolerates_a_dropout(t
     expected = [sum(w * fits[n][0][i].astype(np.float64) for w, n in zip(weights, (1000, 1002), strict=True))
                 / weights.sum() for i in range(len(fits[1000][0]))]
     got = list(checkpoint.load(tmp_path / "run").arrays.values())
-    ratios = weights / cfg.secagg_max_weight
+    ratios = weights / cfg.transport.secagg_max_weight
     bound = len(weights) * (2 * CLIP / TARGET) / ratios.sum() + 1e-7  # stochastic rounding: < 1 step per node
     errors = [float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True)]
     assert max(errors) <= bound, (errors, bound)
@@ -70,7 +73,7 @@ def test_secagg_round_equals_fedavg_up_to_quantization_and_tolerates_a_dropout(t
 
 
 def test_too_few_nodes_after_dropouts_leaves_the_model_unchanged(tmp_path):
-    cfg = RunConfig.from_mapping({**BASE, "num-server-rounds": 1, "run-dir": str(tmp_path / "run")})
+    cfg = RunConfig.from_mapping({**BASE, "federation.rounds": 1, "federation.run-dir": str(tmp_path / "run")})
     grid = InProcessGrid(WireRecorder(client_app), simulation_node_configs(3), cfg.to_flower_config(),
                          drop=lambda m: m.metadata.dst_node_id != 1000 and RECORD_KEY_CONFIGS in m.content)
     SecAggRun(cfg, grid, 1).execute()
@@ -89,6 +92,6 @@ def test_protocol_constants_and_incompatible_options():
     # the SecAgg+ stage record is Flower's own constant, not a copy of it
     assert client.app.RECORD_KEY_CONFIGS is RECORD_KEY_CONFIGS
     assert simulations.faults.RECORD_KEY_CONFIGS is RECORD_KEY_CONFIGS
-    for bad in ({"strategy": "fedadam"}, {"update-compression": "fp16"}, {"min-nodes": 1}):
+    for bad in ({"federation.strategy": "fedadam"}, {"transport.compression": "fp16"}, {"federation.min-nodes": 1}):
         with pytest.raises(ConfigError):
-            check_config(RunConfig.from_mapping({"secure-aggregation": True, **bad}))
+            check_config(RunConfig.from_mapping({"transport.secure-aggregation": True, **bad}))

@@ -48,10 +48,11 @@ def test_fresh_sources_differ_and_zero_std_is_exactly_zero():
 @pytest.fixture(scope="module")
 def node() -> LocalNode:
     cfg = RunConfig.from_mapping({**MODEL_AVERAGING,
-                                  "dp": True, "model": "gmf", "num-server-rounds": 2, "target-epsilon": 4.0,
-                                  "dp-sample-rate": 0.5, "user-epochs": 0, "seed": 7, "synthetic-users": 80,
-                                  "synthetic-items": 120})
-    data = InteractionData.from_tables(synthetic_tables(cfg.seed, cfg.synthetic_users, cfg.synthetic_items))
+                                  "dp.enabled": True, "model.name": "gmf", "federation.rounds": 2,
+                                  "dp.target-epsilon": 4.0,
+                                  "dp.sample-rate": 0.5, "train.user-epochs": 0, "seed": 7, "data.synthetic-users": 80,
+                                  "data.synthetic-items": 120})
+    data = InteractionData.from_tables(synthetic_tables(cfg.seed, cfg.data.synthetic_users, cfg.data.synthetic_items))
     return LocalNode(cfg, data, (1.0, 5.0), "partition-0")
 
 
@@ -109,14 +110,14 @@ def test_poisson_batches_are_not_reproducible(node, monkeypatch):
 
 
 def released(tmp_path, name: str, **extra) -> dict[str, np.ndarray]:
-    cfg = cfg_for(tmp_path / name, **{"num-server-rounds": 2, "node-state-dir": str(tmp_path / name / "nodes"),
-                                      "eval-every": 2, **extra})
+    cfg = cfg_for(tmp_path / name, **{"federation.rounds": 2, "sim.node-state-dir": str(tmp_path / name / "nodes"),
+                                      "eval.every": 2, **extra})
     run_federation(cfg)
     return {k: v.numpy() for k, v in torch.load(tmp_path / name / "run" / "model.pt")["global"].items()}
 
 
 def test_two_dp_runs_of_one_public_config_release_different_models(tmp_path):
-    a, b = (released(tmp_path, f"dp{i}", dp=True, **{"target-epsilon": 4.0}) for i in (1, 2))
+    a, b = (released(tmp_path, f"dp{i}", **{"dp.enabled": True, "dp.target-epsilon": 4.0}) for i in (1, 2))
     assert any(not np.array_equal(a[k], b[k]) for k in a)
 
 

@@ -31,8 +31,9 @@ from shared.rundir import RunDirectory, load_model_payload
 from simulations.centralized import train_centralized
 from tests.conftest import MODEL_AVERAGING
 
-SMALL = {**MODEL_AVERAGING, "synthetic-users": 120, "synthetic-items": 200, "model": "gmf", "epochs": 2, "patience": 0,
-         "full-rank": False, "lr": 0.01}
+SMALL = {**MODEL_AVERAGING, "data.synthetic-users": 120, "data.synthetic-items": 200, "model.name": "gmf",
+         "train.epochs": 2, "eval.patience": 0,
+         "eval.full-rank": False, "train.lr": 0.01}
 Code = grpc.StatusCode
 
 

@@ -21,8 +21,9 @@ from shared.errors import FedrecError
 from simulations.centralized import train_centralized
 from tests.conftest import MODEL_AVERAGING
 
-SMALL = {**MODEL_AVERAGING, "synthetic-users": 60, "synthetic-items": 120, "model": "gmf", "epochs": 1, "patience": 0,
-         "full-rank": False}
+SMALL = {**MODEL_AVERAGING, "data.synthetic-users": 60, "data.synthetic-items": 120, "model.name": "gmf",
+         "train.epochs": 1, "eval.patience": 0,
+         "eval.full-rank": False}
 Code = grpc.StatusCode
 
 

@@ -17,8 +17,8 @@ def test_flwr_run_simulation_learns_and_cleans_up(tmp_path):
     result = simulate(
         "synthetic",
         {**{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in MODEL_AVERAGING.items()},
-         "num-server-rounds": "2", "num-partitions": "2", "min-nodes": "2", "synthetic-users": "200",
-         "synthetic-items": "300", "model": "gmf", "lr": "0.01", "full-rank": "false"},
+         "federation.rounds": "2", "data.partitions": "2", "federation.min-nodes": "2", "data.synthetic-users": "200",
+         "data.synthetic-items": "300", "model.name": "gmf", "train.lr": "0.01", "eval.full-rank": "false"},
         tmp_path / "run",
         show_progress=False,
     )

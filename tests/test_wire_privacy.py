@@ -80,18 +80,20 @@ def node_configs(data: DemoData, root: Path) -> list[dict]:
 
 def run(data: DemoData, root: Path, **extra) -> WireRecorder:
     cfg = RunConfig.from_mapping({**MODEL_AVERAGING,
-                                  "catalog-path": str(data.catalog), "data-path": "/nonexistent-on-coordinator",
-                                  "run-dir": str(root / "run"), "model": "neumf", "embedding-dim": 8,
-                                  "mlp-layers": "16,8", "num-server-rounds": 2, "dp": True, "full-rank": False,
-                                  "min-nodes": 2, **extra})
+                                  "data.catalog-path": str(data.catalog), "data.path": "/nonexistent-on-coordinator",
+                                  "federation.run-dir": str(root / "run"), "model.name": "neumf",
+                                  "model.embedding-dim": 8,
+                                  "model.mlp-layers": "16,8", "federation.rounds": 2, "dp.enabled": True,
+                                  "eval.full-rank": False,
+                                  "federation.min-nodes": 2, **extra})
     configs = node_configs(data, root)
     recorder = WireRecorder(client_app, {1000 + i: Path(c["state-dir"]) for i, c in enumerate(configs)})
     grid = InProcessGrid(recorder, configs, cfg.to_flower_config())
-    (SecAggRun if cfg.secure_aggregation else FederatedRun)(cfg, grid, 1).execute()
+    (SecAggRun if cfg.transport.secure_aggregation else FederatedRun)(cfg, grid, 1).execute()
     return recorder
 
 
-@pytest.mark.parametrize("mode", [{"update-compression": "fp16"}, {"secure-aggregation": True}],
+@pytest.mark.parametrize("mode", [{"transport.compression": "fp16"}, {"transport.secure-aggregation": True}],
                          ids=["plain-fp16", "secagg"])
 def test_nothing_private_leaves_a_node(federation, tmp_path, mode):
     data, raw = federation
@@ -117,8 +119,9 @@ def test_nothing_private_leaves_a_node(federation, tmp_path, mode):
         assert float(dist.min()) > 1e-3
     # 4. structure: global arrays, scalar metrics, signed ledger entries; nothing else
     cfg = RunConfig.from_mapping({**MODEL_AVERAGING,
-                                  "catalog-path": str(data.catalog), "model": "neumf", "embedding-dim": 8,
-                                  "mlp-layers": "16,8"})
+                                  "data.catalog-path": str(data.catalog), "model.name": "neumf",
+                                  "model.embedding-dim": 8,
+                                  "model.mlp-layers": "16,8"})
     global_keys = set(initial_model(cfg)[0])
     for kind, _, reply in recorder.sent:
         assert not reply.has_error(), reply.error
@@ -129,7 +132,7 @@ def test_nothing_private_leaves_a_node(federation, tmp_path, mode):
             assert all(isinstance(v, int | float) for v in rec.values())
         if kind == "evaluate":
             assert set(content.keys()) == {"metrics"} and all(EVAL_METRIC.match(k) for k in content["metrics"])
-        elif "secure-aggregation" in mode:
+        elif "transport.secure-aggregation" in mode:
             assert set(content.keys()) <= SECAGG_STAGE_KEYS
             if "fitres.parameters" in content:  # the plain update is removed; only the masked vector travels
                 assert len(content["fitres.parameters"]) == 0

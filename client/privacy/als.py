@@ -2,10 +2,10 @@
 
 With the released item factors ``V`` (and no noise), every user's factor is solved exactly and
 locally — the implicit-feedback ridge regression of iALS (Hu et al. 2008) with a uniform weight
-``als-unobserved-weight`` (alpha) on the unobserved items:
+``dp.als-unobserved-weight`` (alpha) on the unobserved items:
 ``u = (sum_{i in S_u} v_i v_i^T + alpha V^T V + l2 I)^-1 sum_{i in S_u} v_i``. The node keeps it (its
 user row) and releases, for the coordinator's item solve, the per-item sufficient statistics of its
-users with each user factor clipped to norm 1 and each user capped to ``dp-max-interactions``
+users with each user factor clipped to norm 1 and each user capped to ``dp.max-interactions``
 items drawn at random: ``G_i = sum u u^T`` (upper triangle), ``r_i = sum u`` and the global Gram
 ``sum_u u u^T``. One user changes them by at most ``sqrt(2k + 1)`` in L2 (k items, each
 ``||u u^T||_F <= 1`` and ``||u|| <= 1``, plus the global Gram), so with Gaussian noise of std
@@ -31,7 +31,7 @@ from shared.secret_random import SecretRandomness
 def solve_users(data: InteractionData, items: np.ndarray, cfg: RunConfig) -> np.ndarray:
     """(n_users, d) exact iALS user factors against the item factors ``items`` (float64)."""
     d = items.shape[1]
-    base = cfg.als_unobserved_weight * items.T @ items + cfg.als_l2 * np.eye(d)
+    base = cfg.dp.als_unobserved_weight * items.T @ items + cfg.dp.als_l2 * np.eye(d)
     out = np.zeros((data.n_users, d))
     for u in range(data.n_users):
         own = items[data.train_items[data.train_indptr[u] : data.train_indptr[u + 1]]]
@@ -49,7 +49,7 @@ def als_release(data: InteractionData, items: np.ndarray, plan: DPPlan, cfg: Run
     rows, cols = triangle(d)
     gram = np.zeros((data.n_items, len(rows)))
     rhs = np.zeros((data.n_items, d))
-    k = cfg.dp_max_interactions
+    k = cfg.dp.max_interactions
     for u in range(data.n_users):
         own = data.train_items[data.train_indptr[u] : data.train_indptr[u + 1]]
         if len(own) > k:

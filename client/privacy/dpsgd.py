@@ -87,13 +87,13 @@ def train_private(
     start = time.perf_counter()
     model.train()
     rng = randomness.numpy
-    if plan.unit == "user" and cfg.user_epochs:
-        train_user_rows(model, data, s, epochs=cfg.user_epochs, lr=cfg.user_lr, rng=rng)
+    if plan.unit == "user" and cfg.train.user_epochs:
+        train_user_rows(model, data, s, epochs=cfg.train.user_epochs, lr=cfg.train.user_lr, rng=rng)
     private_locals = plan.unit != "user"
     for name, p in model.named_parameters():
         p.requires_grad_(private_locals or not is_local(name))
     if plan.unit == "user":
-        dataset = UserSamples(data, max_interactions=cfg.dp_max_interactions, k=s.num_negatives, rng=rng)
+        dataset = UserSamples(data, max_interactions=cfg.dp.max_interactions, k=s.num_negatives, rng=rng)
     else:
         dataset = InteractionSamples(data, k=s.num_negatives, rng=rng)
     loader = DataLoader(dataset, batch_size=plan.batch_size, collate_fn=identity_collate,
@@ -103,12 +103,12 @@ def train_private(
                          clip_norm=plan.clip_norm, randomness=randomness)
     parts.module.train()
     loss_sum, seen, steps = 0.0, 0, 0
-    for _ in range(cfg.local_epochs):
+    for _ in range(cfg.train.local_epochs):
         for users, items, targets, mask in parts.loader:
             if len(users) == 0:
                 _noise_only_step(parts.optimizer, plan, randomness)
             else:
-                loss_sum += _clipped_sum_in_chunks(parts, (users, items, targets, mask), cfg.dp_chunk_pairs)
+                loss_sum += _clipped_sum_in_chunks(parts, (users, items, targets, mask), s.chunk_pairs)
                 parts.optimizer.step()  # adds the noise once, to the sum over the whole Poisson batch
                 seen += len(users)
             parts.optimizer.zero_grad(set_to_none=True)

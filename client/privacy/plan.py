@@ -1,29 +1,29 @@
 """The run-long DP plan of one node and the prospective budget guard.
 
-The noise multiplier is planned once for the run: ``num-server-rounds`` rounds of
+The noise multiplier is planned once for the run: ``federation.rounds`` rounds of
 ``local-epochs * (1 / sample_rate)`` Poisson-sampled steps must stay within
-``target-epsilon`` at ``delta`` under the configured accountant (``prv`` by default,
+``dp.target-epsilon`` at ``dp.delta`` under the configured accountant (``prv`` by default,
 Opacus's PRV accountant, the tightest available; ``rdp`` as an option). Before each
 round the guard adds this round's planned steps to the node's persisted history and
 refuses if the budget would be exceeded.
 
-Mechanisms (``dp-mechanism``): ``local-sgd`` — each round the node runs DP-SGD locally
-(``local-epochs`` of Poisson-sampled steps) and the coordinator averages the models;
+Mechanisms (``dp.mechanism``): ``local-sgd`` — each round the node runs DP-SGD locally
+(``train.local-epochs`` of Poisson-sampled steps) and the coordinator averages the models;
 ``sgd`` — each round is one release: the node's clipped per-unit gradient sum over a
 Poisson sample, noised, and the coordinator steps the global model on the sum over nodes.
 With ``dp-frequency-share > 0`` the run starts with one DP item-frequency release
 (:mod:`client.privacy.releases`) planned at that share of the budget; training gets the
 rest, and is replanned once the coordinator has chosen the number of rounds.
 
-Where the noise goes (``dp-noise``, releases of the ``sgd`` mechanism and the frequency
+Where the noise goes (``dp.noise``, releases of the ``sgd`` mechanism and the frequency
 release): ``local`` — every node adds all of it (no one is trusted); ``central`` — the
 coordinator adds it to the sum (the coordinator is trusted); ``distributed`` — every node
 adds ``1/t`` of the variance under secure aggregation, ``t`` the number of nodes SecAgg+
 needs to reveal a sum, so any revealed sum carries at least the planned noise (trusted:
 SecAgg and at least ``t`` honest nodes).
 
-Privacy units (``privacy-unit``): ``user`` — one sample is one user's interactions on
-the node; ``interaction`` — one sample is one interaction with its negatives. ``delta``
+Privacy units (``dp.unit``): ``user`` — one sample is one user's interactions on
+the node; ``interaction`` — one sample is one interaction with its negatives. ``dp.delta``
 defaults to :func:`shared.accounting.default_delta` of the node's ``n`` units and is
 never allowed above ``1/n``.
 """
@@ -105,16 +105,16 @@ def participations(rounds: int, fraction: float) -> int:
 
 def sampled_nodes(cfg: RunConfig) -> int:
     """Nodes the coordinator samples per round as planned (SecAgg+ needs at least two)."""
-    return max(2, math.ceil(cfg.fraction_train * cfg.min_nodes))
+    return max(2, math.ceil(cfg.federation.fraction_train * cfg.federation.min_nodes))
 
 
 def noise_share(cfg: RunConfig) -> float:
-    """Fraction of the noise variance one node adds for ``dp-noise`` (distributed: 1/t at the SecAgg threshold)."""
-    if cfg.dp_noise == "local":
+    """Fraction of the noise variance one node adds for ``dp.noise`` (distributed: 1/t at the SecAgg threshold)."""
+    if cfg.dp.noise == "local":
         return 1.0
-    if cfg.dp_noise == "central":
+    if cfg.dp.noise == "central":
         return 0.0
-    return 1.0 / max(1, math.ceil(cfg.secagg_threshold * sampled_nodes(cfg)))
+    return 1.0 / max(1, math.ceil(cfg.transport.secagg_threshold * sampled_nodes(cfg)))
 
 
 def global_dims(cfg: RunConfig, n_items: int) -> int:
@@ -126,59 +126,61 @@ def global_dims(cfg: RunConfig, n_items: int) -> int:
 
 def units_of(cfg: RunConfig, data: InteractionData) -> int:
     """How many privacy units (users or interactions) the node holds."""
-    return data.n_users if cfg.privacy_unit == "user" else data.n_train
+    return data.n_users if cfg.dp.unit == "user" else data.n_train
 
 
 def node_delta(cfg: RunConfig, n_units: int) -> float:
-    """The node's delta: ``delta`` if set, else the default; refused above ``1/n``."""
-    delta = cfg.delta or default_delta(n_units)
+    """The node's delta: ``dp.delta`` if set, else the default; refused above ``1/n``."""
+    delta = cfg.dp.delta or default_delta(n_units)
     if delta > 1.0 / n_units:
         raise PlanError(f"delta {delta:.3g} is above 1/n = {1.0 / n_units:.3g} for this node's {n_units} "
-                        f"{cfg.privacy_unit}s: a mechanism could then publish one {cfg.privacy_unit} outright")
+                        f"{cfg.dp.unit}s: a mechanism could then publish one {cfg.dp.unit} outright")
     return delta
 
 
 def plan_for(cfg: RunConfig, data: InteractionData) -> DPPlan:
     """Plan the noise so the whole run's planned releases meet (target-epsilon, delta).
 
-    With a frequency release, it gets ``dp-frequency-share`` of the budget on its own (one Gaussian at that
+    With a frequency release, it gets ``dp.frequency-share`` of the budget on its own (one Gaussian at that
     epsilon) and training the rest, composed exactly: the training noise is the smallest that keeps the
-    frequency release plus ``num-server-rounds`` rounds within the target. :func:`replan` redoes the training
+    frequency release plus ``federation.rounds`` rounds within the target. :func:`replan` redoes the training
     part for the number of rounds the coordinator's recipe chose after the frequency release.
     """
     n_units = units_of(cfg, data)
     if n_units < 1:
         raise PlanError("a node needs data to train with DP")
-    rate = 1.0 if cfg.dp_mechanism == "als" else cfg.dp_sample_rate  # an ALS pass uses every user
+    rate = 1.0 if cfg.dp.mechanism == "als" else cfg.dp.sample_rate  # an ALS pass uses every user
     batch = max(1, round(rate * n_units))
     loader_len = math.ceil(n_units / batch)
     sample_rate = 1.0 / loader_len  # exactly what Opacus's Poisson loader uses
-    steps_per_round = cfg.local_epochs * loader_len if cfg.dp_mechanism == "local-sgd" else 1
+    steps_per_round = cfg.train.local_epochs * loader_len if cfg.dp.mechanism == "local-sgd" else 1
     delta = node_delta(cfg, n_units)
     z_freq = 0.0
-    if cfg.dp_frequency_share > 0 and cfg.dp_mechanism != "local-sgd":  # model averaging has no release round
-        z_freq = plan_noise(cfg.dp_frequency_share * cfg.target_epsilon, delta, 1.0, 1, cfg.accountant)
+    if cfg.dp.frequency_share > 0 and cfg.dp.mechanism != "local-sgd":  # model averaging has no release round
+        z_freq = plan_noise(cfg.dp.frequency_share * cfg.dp.target_epsilon, delta, 1.0, 1, cfg.dp.accountant)
     history = [(z_freq, 1.0, 1)] if z_freq else []
-    z = plan_noise_after(history, cfg.target_epsilon, delta, sample_rate,
-                         steps_per_round * participations(cfg.num_server_rounds, cfg.fraction_train), cfg.accountant)
-    unit = release_unit(cfg, "als" if cfg.dp_mechanism == "als" else "gradient")
-    sensitivity, freq_sensitivity, levels = unit, math.sqrt(cfg.dp_frequency_cap + 1), 0
-    if cfg.dp_noise == "distributed":  # what SecAgg+'s rounding adds to one node's encoded release
-        if n_units > cfg.secagg_max_users:
-            raise PlanError(f"{n_units} {cfg.privacy_unit}s exceed secagg-max-users {cfg.secagg_max_users}")
+    z = plan_noise_after(history, cfg.dp.target_epsilon, delta, sample_rate,
+                         steps_per_round * participations(cfg.federation.rounds, cfg.federation.fraction_train),
+                         cfg.dp.accountant)
+    unit = release_unit(cfg, "als" if cfg.dp.mechanism == "als" else "gradient")
+    sensitivity, freq_sensitivity, levels = unit, math.sqrt(cfg.dp.frequency_cap + 1), 0
+    if cfg.dp.noise == "distributed":  # what SecAgg+'s rounding adds to one node's encoded release
+        if n_units > cfg.transport.secagg_max_users:
+            raise PlanError(f"{n_units} {cfg.dp.unit}s exceed secagg-max-users {cfg.transport.secagg_max_users}")
         nodes = sampled_nodes(cfg)
         levels = quantization_levels(nodes)
-        d = cfg.embedding_dim
-        dims = data.n_items * (d * (d + 1) // 2 + d) + d * (d + 1) // 2 if cfg.dp_mechanism == "als" else \
+        d = cfg.model.embedding_dim
+        dims = data.n_items * (d * (d + 1) // 2 + d) + d * (d + 1) // 2 if cfg.dp.mechanism == "als" else \
             global_dims(cfg, data.n_items)
-        sensitivity = encoded_sensitivity(unit, dims, cfg.secagg_max_users, nodes)
-        freq_sensitivity = encoded_sensitivity(freq_sensitivity, data.n_items + 1, cfg.secagg_max_users, nodes)
-    return DPPlan(cfg.privacy_unit, z, sample_rate, batch, steps_per_round, cfg.num_server_rounds, cfg.clip_norm,
-                  delta, cfg.accountant, cfg.target_epsilon, n_units, mechanism=cfg.dp_mechanism,
-                  noise=cfg.dp_noise, share=noise_share(cfg), frequency_multiplier=z_freq,
-                  frequency_cap=cfg.dp_frequency_cap if z_freq else 0, sensitivity=sensitivity,
+        sensitivity = encoded_sensitivity(unit, dims, cfg.transport.secagg_max_users, nodes)
+        freq_sensitivity = encoded_sensitivity(freq_sensitivity, data.n_items + 1, cfg.transport.secagg_max_users,
+                                               nodes)
+    return DPPlan(cfg.dp.unit, z, sample_rate, batch, steps_per_round, cfg.federation.rounds, cfg.dp.clip_norm,
+                  delta, cfg.dp.accountant, cfg.dp.target_epsilon, n_units, mechanism=cfg.dp.mechanism,
+                  noise=cfg.dp.noise, share=noise_share(cfg), frequency_multiplier=z_freq,
+                  frequency_cap=cfg.dp.frequency_cap if z_freq else 0, sensitivity=sensitivity,
                   frequency_sensitivity=freq_sensitivity if z_freq else 0.0, secagg_levels=levels,
-                  participation=cfg.fraction_train)
+                  participation=cfg.federation.fraction_train)
 
 
 def replan(plan: DPPlan, history: list[Segment], rounds: int) -> DPPlan:

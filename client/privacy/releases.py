@@ -2,7 +2,7 @@
 
 Both are sums over the node's privacy units of a per-unit contribution with bounded L2 norm
 (the sensitivity), plus this node's share of Gaussian noise of std ``z * sensitivity``
-(:func:`add_share`): all of it (``dp-noise = local``), none (``central``: the coordinator adds
+(:func:`add_share`): all of it (``dp.noise = local``), none (``central``: the coordinator adds
 it) or ``1/t`` of its variance (``distributed``, under secure aggregation). Summed over the
 nodes — in the clear or securely — the release is one Gaussian mechanism per user.
 
@@ -11,7 +11,7 @@ nodes — in the clear or securely — the release is one Gaussian mechanism per
   L2 sensitivity ``sqrt(k + 1)``. It yields DP popularity, DP item biases and the DP user count
   that normalizes the gradient of the ``sgd`` mechanism.
 - :func:`gradient_release`: Poisson-sampled users (rate ``q``), Opacus ghost clipping of each
-  user's gradient of the global part to ``clip-norm``, summed (not averaged): the coordinator
+  user's gradient of the global part to ``dp.clip-norm``, summed (not averaged): the coordinator
   divides by ``q`` times the DP user count.
 """
 
@@ -74,7 +74,7 @@ def gradient_release(model: torch.nn.Module, data: InteractionData, s: TrainSett
         p.requires_grad_(plan.unit != "user" or not is_local(name))
     rng = randomness.numpy
     if plan.unit == "user":
-        dataset = UserSamples(data, max_interactions=cfg.dp_max_interactions, k=s.num_negatives, rng=rng)
+        dataset = UserSamples(data, max_interactions=cfg.dp.max_interactions, k=s.num_negatives, rng=rng)
     else:
         dataset = InteractionSamples(data, k=s.num_negatives, rng=rng)
     loader = DataLoader(dataset, batch_size=plan.batch_size, collate_fn=identity_collate, generator=randomness.torch)
@@ -84,7 +84,7 @@ def gradient_release(model: torch.nn.Module, data: InteractionData, s: TrainSett
     parts.module.train()
     users, items, targets, mask = next(iter(parts.loader))
     if len(users):
-        _clipped_sum_in_chunks(parts, (users, items, targets, mask), cfg.dp_chunk_pairs)
+        _clipped_sum_in_chunks(parts, (users, items, targets, mask), s.chunk_pairs)
     params = dict(model.named_parameters())
     std = plan.noise_multiplier * plan.release_sensitivity
     out: OrderedDict[str, torch.Tensor] = OrderedDict()

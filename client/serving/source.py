@@ -22,6 +22,7 @@ import functools
 import hashlib
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ STATE_FILE = "user_emb.pt"
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A run directory (``run``, optional ``partition``) or a deployment (``model``, ``data``, ``state_dir``)."""
+    """A run directory (``run``, optional ``partition``) or a deployment (``model.name``, ``data``, ``state_dir``)."""
 
     run: Path | None = None
     partition: int | None = None
@@ -54,6 +55,9 @@ class ModelSource:
     data: Path | None = None
     state_dir: Path | None = None
     run_key: str | None = None
+    # a simulated run: what hands a simulated node its partition in this process (the simulation layer's
+    # ``simulations.client_app.hand_over_partition``); production code never partitions data itself
+    hand_over: Callable[[RunConfig, int, int], object] | None = None
 
     def __post_init__(self) -> None:
         deployment = (self.model, self.data, self.state_dir)
@@ -76,7 +80,7 @@ class ModelSource:
         cfg = _run_config(self.run)
         if self.partition is not None:
             return [self.partition]
-        return list(range(cfg.num_partitions))
+        return list(range(cfg.data.partitions))
 
     def load(self) -> NodeRecommender:
         """Read the model and the node's data and user embeddings; a fully built recommender."""
@@ -96,7 +100,7 @@ class ModelSource:
 
     def _federated(self, payload: dict[str, Any], version: str) -> NodeRecommender:
         cfg = _run_config(self.run)
-        n = cfg.num_partitions
+        n = cfg.data.partitions
         if self.partition is None and n > 1:
             raise FedrecError(f"{self.run} is a federated run of {n} nodes: choose --partition 0..{n - 1}")
         pid = self.partition or 0
@@ -105,13 +109,15 @@ class ModelSource:
         key = self.run_key or _sibling_run_key(self.model_file)
         if not key:
             raise FedrecError(f"{self.run}: no summary.json with the run key (unfinished run?)")
+        if self.hand_over is not None:
+            self.hand_over(cfg, pid, n)
         nd = resolve_node_data(cfg, {"partition-id": pid, "num-partitions": n})
         expected = json.loads((self.run / "config.json").read_text()).get("catalog_hash")
         if expected and expected != nd.catalog_hash:
             raise FedrecError(f"{self.run}: the run's item catalog differs from the node's data")
-        root = Path(cfg.node_state_dir) if cfg.node_state_dir else self.run / "nodes"
+        root = Path(cfg.sim.node_state_dir) if cfg.sim.node_state_dir else self.run / "nodes"
         state = root / f"partition-{pid}" / key / STATE_FILE
-        items = _catalog(cfg.data_path, cfg)
+        items = _catalog(cfg.data.path, cfg)
         return _assemble(cfg, payload["global"], nd.data, items, state, version)
 
 
@@ -179,8 +185,8 @@ def _whole(data_path: str, seed: int, users: int, items: int) -> InteractionData
 
 
 def _catalog(data_path: str, cfg: RunConfig) -> np.ndarray:
-    tables = load_tables(data_path, seed=cfg.seed, synthetic_users=cfg.synthetic_users,
-                         synthetic_items=cfg.synthetic_items)
+    tables = load_tables(data_path, seed=cfg.seed, synthetic_users=cfg.data.synthetic_users,
+                         synthetic_items=cfg.data.synthetic_items)
     return np.asarray(tables.catalog.items, dtype=object)
 
 
@@ -191,15 +197,15 @@ def _shell(cfg: RunConfig, n_users: int, n_items: int):
 
 def _centralized(payload: dict[str, Any], version: str, path: Path) -> NodeRecommender:
     cfg = _config(payload, path)
-    data = _whole(cfg.data_path, cfg.seed, cfg.synthetic_users, cfg.synthetic_items)
+    data = _whole(cfg.data.path, cfg.seed, cfg.data.synthetic_users, cfg.data.synthetic_items)
     if list(payload.get("user_ids", [])) != list(data.user_ids):
-        raise FedrecError(f"{path}: the model's users differ from the users of {cfg.data_path}")
+        raise FedrecError(f"{path}: the model's users differ from the users of {cfg.data.path}")
     model = _shell(cfg, data.n_users, data.n_items)
     try:
         model.load_state_dict(payload["state"])
     except RuntimeError as exc:
-        raise FedrecError(f"{path}: model state does not fit {cfg.model} on this data ({exc})") from None
-    return NodeRecommender.build(cfg, model, data, _catalog(cfg.data_path, cfg), version=version)
+        raise FedrecError(f"{path}: model state does not fit {cfg.model.name} on this data ({exc})") from None
+    return NodeRecommender.build(cfg, model, data, _catalog(cfg.data.path, cfg), version=version)
 
 
 def _assemble(cfg: RunConfig, global_part: dict, data: InteractionData, items: np.ndarray, state: Path,

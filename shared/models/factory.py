@@ -17,18 +17,18 @@ def build_model(cfg: RunConfig, n_users: int, n_items: int) -> Recommender:
     """A fresh model for ``n_users`` local users over an ``n_items`` catalog.
 
     The coordinator builds it with ``n_users=1`` and uses only the global part.
-    ``item-bias`` adds a global per-item logit offset (zero-initialised).
+    ``model.item-bias`` adds a global per-item logit offset (zero-initialised).
     """
     model: Recommender
-    if cfg.model == "gmf":
-        model = GMF(n_users, n_items, cfg.embedding_dim)
-    elif cfg.model == "mlp":
-        model = MLP(n_users, n_items, cfg.embedding_dim, cfg.hidden_layers, cfg.mlp_activation)
-    elif cfg.model == "neumf":
-        model = NeuMF(n_users, n_items, cfg.embedding_dim, cfg.hidden_layers)
+    if cfg.model.name == "gmf":
+        model = GMF(n_users, n_items, cfg.model.embedding_dim)
+    elif cfg.model.name == "mlp":
+        model = MLP(n_users, n_items, cfg.model.embedding_dim, cfg.model.hidden_layers, cfg.model.mlp_activation)
+    elif cfg.model.name == "neumf":
+        model = NeuMF(n_users, n_items, cfg.model.embedding_dim, cfg.model.hidden_layers)
     else:
-        raise ValueError(f"unknown model {cfg.model!r}")
-    if cfg.item_bias:
+        raise ValueError(f"unknown model {cfg.model.name!r}")
+    if cfg.model.item_bias:
         model.item_bias = nn.Embedding(n_items, 1)
         nn.init.zeros_(model.item_bias.weight)
     return model

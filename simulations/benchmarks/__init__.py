@@ -19,13 +19,16 @@ from shared.datasets import cache_dir
 
 # The defaults these benchmarks' published figures were measured with, before DP became the default: the
 # non-private benchmarks start from them so that their commands keep reproducing their figures.
-NONPRIVATE = {"dp": False, "item-bias": False, "item-init": "random", "clip-norm": 1.0, "dp-sample-rate": 0.1,
-              "dp-mechanism": "local-sgd", "dp-noise": "local", "dp-frequency-share": 0.0}
+NONPRIVATE = {"dp.enabled": False, "model.item-bias": False, "model.item-init": "random", "dp.clip-norm": 1.0,
+              "dp.sample-rate": 0.1,
+              "dp.mechanism": "local-sgd", "dp.noise": "local", "dp.frequency-share": 0.0}
 
 # The ML-1M reference model of these benchmarks: GMF (NCF's MF tower), 32 factors, 4 negatives,
 # Adam lr 0.002 with batch 1024, 10 epochs (about 15 s per epoch on one core; benchmarks use one torch thread).
-ML1M_GMF = {**NONPRIVATE, "data-path": "movielens:ml-1m", "model": "gmf", "embedding-dim": 32, "num-negatives": 4,
-            "lr": 0.002, "batch-size": 1024, "epochs": 10, "patience": 0, "full-rank": False, "seed": 42}
+ML1M_GMF = {**NONPRIVATE, "data.path": "movielens:ml-1m", "model.name": "gmf", "model.embedding-dim": 32,
+            "train.negatives": 4,
+            "train.lr": 0.002, "train.batch-size": 1024, "train.epochs": 10, "eval.patience": 0,
+            "eval.full-rank": False, "seed": 42}
 
 
 def use_data_dir(path: str | Path) -> None:
@@ -46,7 +49,7 @@ def trained_run(name: str, overrides: dict[str, Any]) -> Path:
         return out
     if done.exists():
         done.unlink()  # same name, other settings: train again
-    print(f"training {cfg.model} on {cfg.data_path} for {cfg.epochs} epochs -> {out}")
+    print(f"training {cfg.model.name} on {cfg.data.path} for {cfg.train.epochs} epochs -> {out}")
     train_centralized(cfg, out, show_progress=True)
     return out
 

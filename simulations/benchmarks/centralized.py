@@ -26,18 +26,20 @@ ANCHORS = {"neumf": "NCF NeuMF 0.730/0.447 (pretrained), 0.705/0.426 (no pretrai
 # NeuMF uses NCF's pretraining (GMF and a ReLU MLP first, each with its own validation-based stopping).
 MODELS = {
     "neumf": {**NONPRIVATE,
-              "model": "neumf", "embedding-dim": 64, "mlp-layers": "128,64,32", "lr": 0.0005, "num-negatives": 8,
-              "pretrain-epochs": 8},
-    "gmf": {**NONPRIVATE, "model": "gmf", "embedding-dim": 64, "lr": 0.001, "num-negatives": 8},
+              "model.name": "neumf", "model.embedding-dim": 64, "model.mlp-layers": "128,64,32", "train.lr": 0.0005,
+              "train.negatives": 8, "train.pretrain-epochs": 8},
+    "gmf": {**NONPRIVATE, "model.name": "gmf", "model.embedding-dim": 64, "train.lr": 0.001, "train.negatives": 8},
     "mlp": {**NONPRIVATE,
-            "model": "mlp", "embedding-dim": 32, "mlp-layers": "64,32,16", "lr": 0.003, "num-negatives": 8},
+            "model.name": "mlp", "model.embedding-dim": 32, "model.mlp-layers": "64,32,16", "train.lr": 0.003,
+            "train.negatives": 8},
 }
 DATASETS = {"ml-100k": "movielens:ml-100k", "ml-1m": "movielens:ml-1m"}
 
 
 def run(dataset: str, model: str, epochs: int, patience: int) -> dict:
-    cfg = RunConfig.from_mapping({"data-path": DATASETS[dataset], **MODELS[model], "batch-size": 256,
-                                  "epochs": epochs, "patience": patience, "full-rank": False, "seed": 42})
+    cfg = RunConfig.from_mapping({"data.path": DATASETS[dataset], **MODELS[model], "train.batch-size": 256,
+                                  "train.epochs": epochs, "eval.patience": patience, "eval.full-rank": False,
+                                  "seed": 42})
     start = time.perf_counter()
     result = train_centralized(cfg, show_progress=True)
     t = result.test

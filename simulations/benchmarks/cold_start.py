@@ -38,8 +38,9 @@ from simulations.benchmarks import NONPRIVATE
 GIVEN = (5, 10, 20)
 # ML-100K: the ML-1M settings with NCF's batch 256, lr 0.005 and 20 epochs (about 0.5 s per epoch on one core)
 ML100K_GMF = {**NONPRIVATE,
-              "model": "gmf", "embedding-dim": 32, "num-negatives": 4, "lr": 0.005, "batch-size": 256, "epochs": 20,
-              "patience": 0, "full-rank": False, "seed": 42}
+              "model.name": "gmf", "model.embedding-dim": 32, "train.negatives": 4, "train.lr": 0.005,
+              "train.batch-size": 256, "train.epochs": 20,
+              "eval.patience": 0, "eval.full-rank": False, "seed": 42}
 
 
 def hold_out_users(data: InteractionData, share: float, *, seed: int, min_train: int = 20) -> np.ndarray:
@@ -130,14 +131,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     use_data_dir(args.data_dir)
     torch.set_num_threads(1)  # shared machines: one thread is faster than oversubscribed cores
-    settings = dict(ML1M_GMF) if args.dataset == "ml-1m" else ML100K_GMF | {"data-path": "movielens:ml-100k"}
-    cfg = RunConfig.from_mapping(settings | ({"epochs": args.epochs} if args.epochs else {}))
-    tables = load_tables(cfg.data_path, seed=cfg.seed)
+    settings = dict(ML1M_GMF) if args.dataset == "ml-1m" else ML100K_GMF | {"data.path": "movielens:ml-100k"}
+    cfg = RunConfig.from_mapping(settings | ({"train.epochs": args.epochs} if args.epochs else {}))
+    tables = load_tables(cfg.data.path, seed=cfg.seed)
     data = InteractionData.from_tables(tables)
     held = hold_out_users(data, args.share, seed=cfg.seed)
     train_data = data.subset(np.setdiff1d(np.arange(data.n_users), held))
     print(f"{args.dataset}: {len(held)} held-out users, training GMF on {train_data.n_users} users "
-          f"for {cfg.epochs} epochs")
+          f"for {cfg.train.epochs} epochs")
     t0 = time.perf_counter()
     global_part = train_global_part(cfg, train_data, tuple(tables.manifest["value_range"]), show_progress=True)
     train_seconds = time.perf_counter() - t0

@@ -17,13 +17,14 @@ from shared.config import RunConfig
 
 def run_federation_inprocess(cfg: RunConfig, run_dir: Path | None = None) -> tuple[Any, list[dict], float]:
     """The real coordinator loop and ClientApp over an in-process Grid; (summary, records, wall seconds)."""
-    from server.app import federated_run
     from simulations.client_app import app as client_app
     from simulations.inprocess import InProcessGrid, simulation_node_configs
+    from simulations.server_app import federated_run
 
     run_dir = run_dir or Path(tempfile.mkdtemp(prefix="fedrec-bench-"))
-    cfg = cfg.with_overrides({"run-dir": str(run_dir), "node-state-dir": cfg.node_state_dir or str(run_dir / "nodes")})
-    grid = InProcessGrid(client_app, simulation_node_configs(cfg.num_partitions), cfg.to_flower_config())
+    cfg = cfg.with_overrides({"federation.run-dir": str(run_dir),
+                              "sim.node-state-dir": cfg.sim.node_state_dir or str(run_dir / "nodes")})
+    grid = InProcessGrid(client_app, simulation_node_configs(cfg.data.partitions), cfg.to_flower_config())
     start = time.perf_counter()
     summary = federated_run(cfg, grid, 1).execute()
     wall = time.perf_counter() - start
@@ -32,7 +33,7 @@ def run_federation_inprocess(cfg: RunConfig, run_dir: Path | None = None) -> tup
 
 
 # keys that name where a run writes, not what it computes
-RUN_LOCAL = {"run-dir", "node-state-dir", "resume-from"}
+RUN_LOCAL = {"federation.run-dir", "sim.node-state-dir", "federation.resume-from"}
 
 
 def finished_run(cfg: RunConfig, run_dir: Path) -> tuple[Any, list[dict], float | None] | None:
@@ -50,9 +51,10 @@ def finished_run(cfg: RunConfig, run_dir: Path) -> tuple[Any, list[dict], float 
     if {k: v for k, v in saved.items() if k not in RUN_LOCAL} != {k: v for k, v in mine.items() if k not in RUN_LOCAL}:
         return None
     print(f"reusing finished run {run_dir}", flush=True)
-    if "hr10_full" not in (summary.get("test") or {}) and not cfg.full_rank:
+    if "hr10_full" not in (summary.get("test") or {}) and not cfg.eval.full_rank:
         # finished before the coordinator ran its full-rank test pass: resuming a finished run runs just that
-        done, records, _ = run_federation_inprocess(cfg.with_overrides({"resume-from": str(run_dir)}), run_dir)
+        done, records, _ = run_federation_inprocess(cfg.with_overrides({"federation.resume-from": str(run_dir)}),
+                                                     run_dir)
         return done, records, None
     return SimpleNamespace(test=summary["test"], best_round=summary["best_round"],
                            rounds_run=summary["rounds_run"]), records, None
@@ -63,7 +65,7 @@ def node_peak_rss(cfg: RunConfig) -> float:
 
     Under noisy-sum releases the round is one release of the run's training kind (gradient or ALS statistics).
     """
-    release = {"sgd": "gradient", "als": "als"}.get(cfg.dp_mechanism) if cfg.dp else None
+    release = {"sgd": "gradient", "als": "als"}.get(cfg.dp.mechanism) if cfg.dp.enabled else None
     extra = f', "release": "{release}"' if release else ""
     code = f"""
 import json, resource, tempfile, torch
@@ -74,9 +76,9 @@ from shared.config import RunConfig
 from simulations.inprocess import InProcessGrid
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 cfg = RunConfig.from_mapping(json.loads({json.dumps(json.dumps(cfg.to_flower_config()))}))
-cfg = cfg.with_overrides({{"node-state-dir": tempfile.mkdtemp()}})
+cfg = cfg.with_overrides({{"sim.node-state-dir": tempfile.mkdtemp()}})
 init, catalog = initial_model(cfg)
-grid = InProcessGrid(app, [{{"partition-id": 0, "num-partitions": cfg.num_partitions}}], cfg.to_flower_config())
+grid = InProcessGrid(app, [{{"partition-id": 0, "num-partitions": cfg.data.partitions}}], cfg.to_flower_config())
 msg = Message(RecordDict({{"arrays": ArrayRecord(init), "config": ConfigRecord({{"server-round": 1, "run-key": "rss",
               "catalog-hash": catalog{extra}}})}}), dst_node_id=1000, message_type=MessageType.TRAIN)
 reply = list(grid.send_and_receive([msg]))[0]

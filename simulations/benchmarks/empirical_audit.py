@@ -27,20 +27,20 @@ from simulations.benchmarks import print_table, use_data_dir, write_json
 from simulations.privacy_audit import empirical_epsilon
 
 DATA = {
-    "synthetic": {"data-path": "synthetic", "synthetic-users": 943, "synthetic-items": 3000, "num-partitions": 3,
-                  "min-nodes": 3},
-    "ml100k": {"data-path": "movielens:ml-100k", "num-partitions": 5, "min-nodes": 5},
+    "synthetic": {"data.path": "synthetic", "data.synthetic-users": 943, "data.synthetic-items": 3000,
+                  "data.partitions": 3, "federation.min-nodes": 3},
+    "ml100k": {"data.path": "movielens:ml-100k", "data.partitions": 5, "federation.min-nodes": 5},
 }
 CANARIES = {"synthetic": 1000, "ml100k": 800}  # distinct rare items: half the catalog is available
 SETTINGS = {
     # DP-SGD on each node (local noise), models averaged: the coordinator sees node 0's own noisy updates
-    "audit": {"dp-mechanism": "local-sgd", "dp-noise": "local", "model": "gmf", "embedding-dim": 16,
-              "optimizer": "sgd", "lr": 0.5, "dp-sample-rate": 1.0, "clip-norm": 0.01, "num-server-rounds": 10,
-              "user-epochs": 1},
+    "audit": {"dp.mechanism": "local-sgd", "dp.noise": "local", "model.name": "gmf", "model.embedding-dim": 16,
+              "train.optimizer": "sgd", "train.lr": 0.5, "dp.sample-rate": 1.0, "dp.clip-norm": 0.01,
+              "federation.rounds": 10, "train.user-epochs": 1},
     # fedrec's default: one noisy sum per round, noise added by the coordinator (the released model is audited)
-    "default": {"dp-noise": "central", "model": "gmf", "num-server-rounds": 10},
+    "default": {"dp.noise": "central", "model.name": "gmf", "federation.rounds": 10},
 }
-COMMON = {"eval-every": 10, "patience": 0, "full-rank": False, "privacy-unit": "user", "seed": 42}
+COMMON = {"eval.every": 10, "eval.patience": 0, "eval.full-rank": False, "dp.unit": "user", "seed": 42}
 
 
 def main() -> None:
@@ -63,9 +63,9 @@ def main() -> None:
             runs = [(float(e), None) for e in args.epsilons.split(",")]
             runs += [(1.0, b) for b in args.breakages.split(",") if b != "none"]
             for eps, breakage in runs:
-                values = {**DATA[dataset], **SETTINGS[setting], **COMMON, "dp": math.isfinite(eps)}
+                values = {**DATA[dataset], **SETTINGS[setting], **COMMON, "dp.enabled": math.isfinite(eps)}
                 if math.isfinite(eps):
-                    values["target-epsilon"] = eps
+                    values["dp.target-epsilon"] = eps
                 with tempfile.TemporaryDirectory(prefix="fedrec-audit-") as work:
                     r = empirical_epsilon(RunConfig.from_mapping(values), canaries=CANARIES[dataset],
                                           breakage=breakage, work_dir=Path(work))

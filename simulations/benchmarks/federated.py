@@ -31,26 +31,32 @@ from simulations.centralized import train_centralized
 from simulations.driver import simulate
 
 SILO_MODEL = {**NONPRIVATE,
-              "model": "neumf", "embedding-dim": 32, "mlp-layers": "64,32,16", "num-negatives": 8, "lr": 0.001,
-              "batch-size": 256, "full-rank": False, "seed": 42}
+              "model.name": "neumf", "model.embedding-dim": 32, "model.mlp-layers": "64,32,16", "train.negatives": 8,
+              "train.lr": 0.001,
+              "train.batch-size": 256, "eval.full-rank": False, "seed": 42}
 # One user per node: few examples per node, so several local epochs and a larger local learning rate
 # (measured on the synthetic data: 5 local epochs at lr 0.05 learn ~2x faster than 1 epoch at 0.01).
 CROSS_DEVICE = {**NONPRIVATE,
-                "data-path": "movielens:ml-1m", "partitioner": "user-per-node", "model": "gmf", "embedding-dim": 32,
-                "num-negatives": 4, "lr": 0.05, "local-epochs": 5, "batch-size": 64, "fraction-train": 0.1,
-                "eval-every": 10, "full-rank": False, "seed": 42, "user-lr": 0.05, "item-init": "genres",
-                "item-bias": True, "max-update-norm": 1000.0,  # 15 local Adam steps at 0.05 move ~800 rows
-                "eval-user-epochs": 1}  # a user trains in ~10 % of rounds: refit to the current model before eval
+                "data.path": "movielens:ml-1m", "data.partitioner": "user-per-node", "model.name": "gmf",
+                "model.embedding-dim": 32,
+                "train.negatives": 4, "train.lr": 0.05, "train.local-epochs": 5, "train.batch-size": 64,
+                "federation.fraction-train": 0.1,
+                "eval.every": 10, "eval.full-rank": False, "seed": 42, "train.user-lr": 0.05,
+                "model.item-init": "genres",
+                "model.item-bias": True,
+                "federation.max-update-norm": 1000.0,  # 15 local Adam steps at 0.05 move ~800 rows
+                "eval.user-epochs": 1}  # a user trains in ~10 % of rounds: refit to the current model before eval
 ANCHORS = {"PFedRec": [0.733, 0.444], "FedNCF": [0.605, None], "FedRecon": [0.633, None]}
 
 
 def silos(rounds: int, out_dir: Path) -> dict:
-    overrides = {**SILO_MODEL, "num-server-rounds": rounds, "local-epochs": 1, "patience": 0, "eval-every": 1}
+    overrides = {**SILO_MODEL, "federation.rounds": rounds, "train.local-epochs": 1, "eval.patience": 0,
+                 "eval.every": 1}
     start = time.perf_counter()
     fed = simulate("ml1m-silos", {k: str(v) for k, v in overrides.items()}, out_dir / "silos")
     fed_wall = time.perf_counter() - start
-    central_cfg = RunConfig.from_mapping({**SILO_MODEL, "data-path": "movielens:ml-1m", "epochs": rounds,
-                                          "patience": 0})
+    central_cfg = RunConfig.from_mapping({**SILO_MODEL, "data.path": "movielens:ml-1m", "train.epochs": rounds,
+                                          "eval.patience": 0})
     start = time.perf_counter()
     central = train_centralized(central_cfg, out_dir / "central")
     central_wall = time.perf_counter() - start
@@ -65,8 +71,8 @@ def silos(rounds: int, out_dir: Path) -> dict:
 
 
 def cross_device(rounds: int, out_dir: Path) -> dict:
-    cfg = RunConfig.from_mapping({**CROSS_DEVICE, "num-server-rounds": rounds, "num-partitions": 6040,
-                                  "min-nodes": 6040, "patience": 3})
+    cfg = RunConfig.from_mapping({**CROSS_DEVICE, "federation.rounds": rounds, "data.partitions": 6040,
+                                  "federation.min-nodes": 6040, "eval.patience": 3})
     start = time.perf_counter()
     summary, _, _ = run_federation_inprocess(cfg, out_dir / "cross-device")
     wall = time.perf_counter() - start

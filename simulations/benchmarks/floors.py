@@ -1,8 +1,8 @@
 """The private floors of the privacy-utility curve: DP popularity and the genre-only model.
 
 Both cost exactly one DP item-frequency release (:func:`client.privacy.releases.frequency_release`:
-each user's at most ``dp-frequency-cap`` items and a user count, L2 sensitivity ``sqrt(k + 1)``)
-with the whole budget on it and the noise on the sum over the silos (as ``dp-noise = central``,
+each user's at most ``dp.frequency-cap`` items and a user count, L2 sensitivity ``sqrt(k + 1)``)
+with the whole budget on it and the noise on the sum over the silos (as ``dp.noise = central``,
 and ``distributed`` at its threshold up to a factor ``sqrt(n/t)`` of std). Summing the nodes'
 capped counts is what the federation computes; doing it here over all users gives the same
 release in one process.
@@ -10,14 +10,13 @@ release in one process.
 - ``popularity``: every user gets the items with the highest DP counts (seen items excluded).
 - ``genres``: GMF whose item vectors are the public genre initialisation and whose item biases are
   ``log(1 + DP count)`` (centred), with ``h = 1``; each user's vector is fitted locally and
-  noise-free to its own interactions (``user-epochs`` passes at ``user-lr``), as a node does.
+  noise-free to its own interactions (``train.user-epochs`` passes at ``train.user-lr``), as a node does.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +42,16 @@ FIT_EPOCHS = 5  # noise-free local passes that fit each user's vector to the pub
 def floor_point(kind: str, eps: float, values: dict[str, Any], work: Path) -> dict[str, Any]:
     """One point of a floor: release the DP counts at ``eps``, build the floor model, evaluate on test."""
     start = time.perf_counter()
-    cfg = RunConfig.from_mapping({**values, "dp": True, "target-epsilon": eps, "dp-mechanism": "sgd",
-                                  "dp-frequency-share": 0.1})
-    tables = load_tables(cfg.data_path, seed=cfg.seed)
+    cfg = RunConfig.from_mapping({**values, "dp.enabled": True, "dp.target-epsilon": eps, "dp.mechanism": "sgd",
+                                  "dp.frequency-share": 0.1})
+    tables = load_tables(cfg.data.path, seed=cfg.seed)
     data = InteractionData.from_tables(tables)
-    k = cfg.dp_frequency_cap
-    z = plan_noise(eps, cfg.delta, 1.0, 1, cfg.accountant)
-    plan = DPPlan("user", 0.0, 1.0, 1, 1, 1, cfg.clip_norm, cfg.delta, cfg.accountant, eps, data.n_users,
+    k = cfg.dp.frequency_cap
+    z = plan_noise(eps, cfg.dp.delta, 1.0, 1, cfg.dp.accountant)
+    plan = DPPlan("user", 0.0, 1.0, 1, 1, 1, cfg.dp.clip_norm, cfg.dp.delta, cfg.dp.accountant, eps, data.n_users,
                   mechanism="sgd", noise="central", share=1.0, frequency_multiplier=z, frequency_cap=k)
     counts = frequency_release(data, plan, SecretRandomness.fresh()).numpy()[:-1]
-    model = build_model(replace(cfg, item_bias=True), data.n_users, data.n_items)
+    model = build_model(cfg.with_overrides({"model.item-bias": True}), data.n_users, data.n_items)
     with torch.no_grad():
         for table in model.user_emb.values():
             table.weight.zero_()
@@ -70,11 +69,11 @@ def floor_point(kind: str, eps: float, values: dict[str, Any], work: Path) -> di
         with torch.no_grad():
             for table in model.user_emb.values():
                 table.weight.normal_(0.0, 0.01)
-        train_user_rows(model, data, settings, epochs=FIT_EPOCHS, lr=max(cfg.user_lr, 0.01), rng=rng)
-    test = evaluate_ranking(model, data, "test", k=cfg.top_k, full_rank=True).means(cfg.top_k)
+        train_user_rows(model, data, settings, epochs=FIT_EPOCHS, lr=max(cfg.train.user_lr, 0.01), rng=rng)
+    test = evaluate_ranking(model, data, "test", k=cfg.eval.top_k, full_rank=True).means(cfg.eval.top_k)
     return {
-        "unit": "user", "mechanism": kind, "epsilon": account([(z, 1.0, 1)], cfg.delta, cfg.accountant),
-        "target_epsilon": eps, "delta": cfg.delta, "accountant": cfg.accountant, "noise": "central (sum)",
+        "unit": "user", "mechanism": kind, "epsilon": account([(z, 1.0, 1)], cfg.dp.delta, cfg.dp.accountant),
+        "target_epsilon": eps, "delta": cfg.dp.delta, "accountant": cfg.dp.accountant, "noise": "central (sum)",
         "steps": 1, "hr10": test["hr10"], "ndcg10": test["ndcg10"], "hr10_full": test.get("hr10_full"),
         "ndcg10_full": test.get("ndcg10_full"), "best_round": None, "rounds": 0, "round_seconds": None,
         "peak_rss_mb": None, "wall_seconds": time.perf_counter() - start, "frequency_noise_std": z * math.sqrt(k + 1),

@@ -6,7 +6,7 @@
   ``flower-superexec``), and the peak while its ``flwr-clientapp`` trains and evaluates
   (sum over the node's process tree, and the ClientApp's own VmHWM). Goal (issue 6):
   <= 500 MB during DP training.
-- ``compression``: the same federation with ``update-compression`` none vs fp16
+- ``compression``: the same federation with ``transport.compression`` none vs fp16
   (in-process Grid, real ClientApp and coordinator): bytes a node sends per round and
   HR@10 at the end, on the synthetic default (3 silos) and optionally ML-1M (10 silos).
 
@@ -30,10 +30,11 @@ from deploy.processes import descendants
 from simulations.benchmarks import NONPRIVATE
 
 SILO_RUN = {**NONPRIVATE,
-            "num-server-rounds": 1, "dp": True, "min-nodes": 1, "fraction-evaluate": 1.0, "full-rank": True}
+            "federation.rounds": 1, "dp.enabled": True, "federation.min-nodes": 1, "federation.fraction-evaluate": 1.0,
+            "eval.full-rank": True}
 # default DP settings, and an edge setting: Opacus ghost clipping's per-user Gram matrices grow with the square of
 # dp-max-interactions, and full-rank evaluation scores every item for every user
-SETTINGS = {"default": {}, "edge": {"dp-max-interactions": 32, "full-rank": False}}
+SETTINGS = {"default": {}, "edge": {"dp.max-interactions": 32, "eval.full-rank": False}}
 
 
 def _kb(pid: int, field: str, source: str = "status") -> int:
@@ -112,8 +113,8 @@ def measure_rss(work: Path, silo_dir: Path, overrides: dict[str, Any]) -> dict[s
         idle = [TreeSampler(node.pid).sample() for _ in range(10)]
         sampler = TreeSampler(node.pid)
         sampler.start()
-        run = dep.run({**SILO_RUN, **overrides, "catalog-path": str(silo_dir / "catalog.parquet"),
-                       "run-dir": str(work / "run")}, work / "run-config.toml")
+        run = dep.run({**SILO_RUN, **overrides, "data.catalog-path": str(silo_dir / "catalog.parquet"),
+                       "federation.run-dir": str(work / "run")}, work / "run-config.toml")
         sampler.stop_event.set()
         sampler.join()
         if run.proc.returncode != 0:
@@ -131,13 +132,14 @@ def measure_rss(work: Path, silo_dir: Path, overrides: dict[str, Any]) -> dict[s
 
 def run_inprocess(overrides: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
     """A federation over the in-process Grid (real ClientApp and coordinator loop); its metrics records."""
-    from server.app import federated_run
     from shared.config import RunConfig
     from simulations.client_app import app as client_app
     from simulations.inprocess import InProcessGrid, simulation_node_configs
+    from simulations.server_app import federated_run
 
-    cfg = RunConfig.from_mapping({**overrides, "run-dir": str(run_dir), "node-state-dir": str(run_dir / "nodes")})
-    grid = InProcessGrid(client_app, simulation_node_configs(cfg.num_partitions), cfg.to_flower_config())
+    cfg = RunConfig.from_mapping({**overrides, "federation.run-dir": str(run_dir),
+                                  "sim.node-state-dir": str(run_dir / "nodes")})
+    grid = InProcessGrid(client_app, simulation_node_configs(cfg.data.partitions), cfg.to_flower_config())
     federated_run(cfg, grid, 1).execute()
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -146,7 +148,7 @@ def compression(name: str, overrides: dict[str, Any], work: Path) -> list[dict[s
     rows = []
     for how in ("none", "fp16"):
         start = time.perf_counter()
-        records = run_inprocess({**overrides, "update-compression": how}, work / f"{name}-{how}")
+        records = run_inprocess({**overrides, "transport.compression": how}, work / f"{name}-{how}")
         last = records[-1]
         rows.append({"data": name, "compression": how, "rounds": len(records),
                      "bytes_up_per_node_round": float(np.mean([r["bytes_up_per_node"] for r in records])),
@@ -189,11 +191,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "train_clientapp_anon_mb", "eval_clientapp_hwm_mb", "peak_rss_mb", "peak_pss_mb"],
                     "SuperNode footprint (MB), one DP round on an ML-1M silo (1/10); goal <= 500 MB while training")
     if "compression" in parts:
-        rows = compression("synthetic", {**load_toml_config(preset_path("synthetic")), "patience": 0,
-                                         "num-server-rounds": args.synthetic_rounds}, work)
+        rows = compression("synthetic", {**load_toml_config(preset_path("synthetic")), "eval.patience": 0,
+                                         "federation.rounds": args.synthetic_rounds}, work)
         if args.ml1m:
-            rows += compression("ml-1m", {**load_toml_config(preset_path("ml1m-silos")), "patience": 0,
-                                          "num-server-rounds": args.ml1m_rounds, "eval-every": args.ml1m_rounds},
+            rows += compression("ml-1m", {**load_toml_config(preset_path("ml1m-silos")), "eval.patience": 0,
+                                          "federation.rounds": args.ml1m_rounds, "eval.every": args.ml1m_rounds},
                                 work)
         doc["compression"] = rows
         print_table(rows, ["data", "compression", "rounds", "bytes_up_per_node_round", "bytes_down_per_node_round",

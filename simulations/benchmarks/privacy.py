@@ -35,41 +35,42 @@ from simulations.benchmarks import print_table, use_data_dir, write_json
 from simulations.benchmarks.common import finished_run, node_peak_rss, run_federation_inprocess
 from simulations.benchmarks.floors import floor_point
 
-BASE = {"data-path": "movielens:ml-1m", "partitioner": "silos", "num-partitions": 10, "min-nodes": 10,
-        "model": "gmf", "embedding-dim": 32, "item-init": "genres", "item-bias": True, "num-negatives": 4,
-        "user-epochs": 1, "user-lr": 0.01, "local-epochs": 1, "num-server-rounds": 30, "eval-every": 10,
-        "patience": 0, "full-rank": False, "seed": 42, "delta": 1e-5}
+BASE = {"data.path": "movielens:ml-1m", "data.partitioner": "silos", "data.partitions": 10,
+        "federation.min-nodes": 10, "model.name": "gmf", "model.embedding-dim": 32, "model.item-init": "genres",
+        "model.item-bias": True, "train.negatives": 4, "train.user-epochs": 1, "train.user-lr": 0.01,
+        "train.local-epochs": 1, "federation.rounds": 30, "eval.every": 10, "eval.patience": 0,
+        "eval.full-rank": False, "seed": 42, "dp.delta": 1e-5}
 # one noisy sum per round: momentum SGD on the coordinator, every user in every step, clip below the typical
 # per-user gradient norm (0.15 median at the start), 10 % of the privacy loss on the DP item counts
-RELEASE = {"dp-mechanism": "sgd", "dp-sample-rate": 1.0, "clip-norm": 0.1, "dp-server-lr": 20.0,
-           "dp-server-momentum": 0.9, "dp-frequency-share": 0.1}
+RELEASE = {"dp.mechanism": "sgd", "dp.sample-rate": 1.0, "dp.clip-norm": 0.1, "dp.server-lr": 20.0,
+           "dp.server-momentum": 0.9, "dp.frequency-share": 0.1}
 MECHANISMS: dict[str, dict[str, Any]] = {
     # the recipe of the earlier benchmark: full-batch local steps, a fresh Adam per round on every silo
-    "local-sgd": {"dp-mechanism": "local-sgd", "dp-noise": "local", "dp-sample-rate": 1.0, "clip-norm": 0.1,
-                  "dp-max-interactions": 64, "lr": 0.02, "bias-lr": 0.2},
-    "sgd-local": {**RELEASE, "dp-noise": "local"},
-    "sgd-central": {**RELEASE, "dp-noise": "central"},
-    "sgd-distributed": {**RELEASE, "dp-noise": "distributed"},
+    "local-sgd": {"dp.mechanism": "local-sgd", "dp.noise": "local", "dp.sample-rate": 1.0, "dp.clip-norm": 0.1,
+                  "dp.max-interactions": 64, "train.lr": 0.02, "train.bias-lr": 0.2},
+    "sgd-local": {**RELEASE, "dp.noise": "local"},
+    "sgd-central": {**RELEASE, "dp.noise": "central"},
+    "sgd-distributed": {**RELEASE, "dp.noise": "distributed"},
     # DP-ALS: 3 passes, 64 items per user, no item bias (the score is u . v)
-    "als-central": {"dp-mechanism": "als", "dp-noise": "central", "item-bias": False, "num-server-rounds": 3,
-                    "dp-frequency-share": 0.1, "eval-every": 1},
-    "als-distributed": {"dp-mechanism": "als", "dp-noise": "distributed", "item-bias": False,
-                        "num-server-rounds": 3, "dp-frequency-share": 0.1, "eval-every": 1},
+    "als-central": {"dp.mechanism": "als", "dp.noise": "central", "model.item-bias": False, "federation.rounds": 3,
+                    "dp.frequency-share": 0.1, "eval.every": 1},
+    "als-distributed": {"dp.mechanism": "als", "dp.noise": "distributed", "model.item-bias": False,
+                        "federation.rounds": 3, "dp.frequency-share": 0.1, "eval.every": 1},
 }
 FLOORS = ("popularity", "genres")
 # the non-private reference: the same model and federation, FedAvg of local Adam epochs at the rate best
 # without noise (a DP learning rate would understate it and flatter the ratios)
-NON_PRIVATE = {"lr": 0.001}
+NON_PRIVATE = {"train.lr": 0.001}
 
 
 def point(mechanism: str, epsilon: float, overrides: dict, work: Path) -> dict:
     dp = math.isfinite(epsilon)
     if mechanism in FLOORS:
         return floor_point(mechanism, epsilon, {**BASE, **overrides}, work)
-    values = {**BASE, **(MECHANISMS[mechanism] if dp else NON_PRIVATE), **overrides, "dp": dp,
-              "privacy-unit": "user"}
+    values = {**BASE, **(MECHANISMS[mechanism] if dp else NON_PRIVATE), **overrides, "dp.enabled": dp,
+              "dp.unit": "user"}
     if dp:
-        values["target-epsilon"] = epsilon
+        values["dp.target-epsilon"] = epsilon
     cfg = RunConfig.from_mapping(values)
     run_dir = work / f"{mechanism if dp else 'nonprivate'}-eps{epsilon:g}"
     summary, records, wall = finished_run(cfg, run_dir) or run_federation_inprocess(cfg, run_dir)
@@ -80,8 +81,8 @@ def point(mechanism: str, epsilon: float, overrides: dict, work: Path) -> dict:
     return {
         "unit": "user", "mechanism": mechanism if dp else "non-private", "epsilon": max(
             (e["epsilon"] for e in entries), default=math.inf if not dp else 0.0), "target_epsilon": epsilon,
-        "delta": max((e["delta"] for e in entries), default=None), "accountant": cfg.accountant if dp else None,
-        "noise": cfg.dp_noise if dp else None,
+        "delta": max((e["delta"] for e in entries), default=None), "accountant": cfg.dp.accountant if dp else None,
+        "noise": cfg.dp.noise if dp else None,
         "steps": max((sum(e["steps"] for e in entries if e["node_key_id"] == k) for k in
                       {e["node_key_id"] for e in entries}), default=None),
         "hr10": test.get("hr10"), "ndcg10": test.get("ndcg10"), "hr10_full": test.get("hr10_full"),
@@ -132,7 +133,7 @@ def main() -> None:
     torch.set_num_threads(1)
     overrides = parse_assignments(args.set)
     if args.units != "user":
-        overrides["privacy-unit"] = args.units
+        overrides["dp.unit"] = args.units
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fedrec-privacy-"))
     rows = []
     epsilons = [float(e) for e in args.epsilons.split(",")]

@@ -7,14 +7,14 @@ mods and the real coordinator loop, a protobuf round trip per message, no Ray), 
 and 6 poisoning federations affordable on two cores. The Flower-runtime paths of the same faults are
 covered by ``tests/test_reliability_flwr.py``.
 
-- ``dropout``: ML-100K, 10 silos, ``fault-dropout`` 0 / 0.1 / 0.3 / 0.5 in both ``fault-mode`` s
+- ``dropout``: ML-100K, 10 silos, ``sim.fault-dropout`` 0 / 0.1 / 0.3 / 0.5 in both ``sim.fault-mode`` s
   (``crash``: no update; ``late``: trained, reply after the deadline). Test HR@10 (sampled, and full rank)
   of the round selected on validation.
 - ``poisoning``: partition 0 of N silos promotes one unpopular target item (fake profiles that all hold the
-  target, update boosted to just under ``max-update-norm``; :func:`simulations.faults.poisoning`). For the
+  target, update boosted to just under ``federation.max-update-norm``; :func:`simulations.faults.poisoning`). For the
   benign nodes' users, with the served model (``model.pt`` + node state): the target's mean full-catalog
   rank among unseen items, the fraction with the target in their top-10, and benign test HR@10. Defenses:
-  ``aggregation`` median / trimmed-mean, ``norm-bound``.
+  ``federation.aggregation`` median / trimmed-mean, ``federation.norm-bound``.
 """
 
 from __future__ import annotations
@@ -33,26 +33,28 @@ from shared.config import RunConfig
 from simulations.benchmarks import NONPRIVATE, print_table, use_data_dir, write_json
 
 DROPOUT_BASE = {**NONPRIVATE,
-                "data-path": "movielens:ml-100k", "partitioner": "silos", "num-partitions": 10, "min-nodes": 10,
-                "model": "gmf", "embedding-dim": 32, "num-negatives": 4, "lr": 0.01, "batch-size": 256,
-                "num-server-rounds": 20, "patience": 0, "full-rank": True, "seed": 42}
+                "data.path": "movielens:ml-100k", "data.partitioner": "silos", "data.partitions": 10,
+                "federation.min-nodes": 10, "model.name": "gmf", "model.embedding-dim": 32, "train.negatives": 4,
+                "train.lr": 0.01, "train.batch-size": 256, "federation.rounds": 20, "eval.patience": 0,
+                "eval.full-rank": True, "seed": 42}
 POISON_BASE = {**NONPRIVATE,
-               "synthetic-users": 600, "synthetic-items": 500, "partitioner": "silos", "num-partitions": 10,
-               "min-nodes": 10, "model": "gmf", "lr": 0.01, "num-server-rounds": 8, "patience": 0,
-               "full-rank": False, "seed": 42}
-DEFENSES = {"none (mean)": {}, "median": {"aggregation": "median"}, "trimmed-mean 0.2": {"aggregation": "trimmed-mean"},
-            "norm-bound": {"norm-bound": 8.0}}  # 8: about the median benign update norm of POISON_BASE
+               "data.synthetic-users": 600, "data.synthetic-items": 500, "data.partitioner": "silos",
+               "data.partitions": 10, "federation.min-nodes": 10, "model.name": "gmf", "train.lr": 0.01,
+               "federation.rounds": 8, "eval.patience": 0, "eval.full-rank": False, "seed": 42}
+DEFENSES = {"none (mean)": {}, "median": {"federation.aggregation": "median"},
+            "trimmed-mean 0.2": {"federation.aggregation": "trimmed-mean"},
+            "norm-bound": {"federation.norm-bound": 8.0}}  # 8: about the median benign update norm of POISON_BASE
 BOOSTS = (30.0, 300.0)  # update norm ~5 (inside the benign range) and ~50 (far outside it)
 
 
 def run_inprocess(cfg: RunConfig, run_dir: Path, wrap=None) -> tuple[Any, list[dict], Any]:
     """The coordinator loop over an in-process Grid; the ClientApp optionally wrapped (hostile nodes)."""
-    from server.app import federated_run
     from simulations.client_app import app as client_app
     from simulations.inprocess import InProcessGrid, simulation_node_configs
+    from simulations.server_app import federated_run
 
-    cfg = cfg.with_overrides({"run-dir": str(run_dir), "node-state-dir": str(run_dir / "nodes")})
-    grid = InProcessGrid(wrap(client_app) if wrap else client_app, simulation_node_configs(cfg.num_partitions),
+    cfg = cfg.with_overrides({"federation.run-dir": str(run_dir), "sim.node-state-dir": str(run_dir / "nodes")})
+    grid = InProcessGrid(wrap(client_app) if wrap else client_app, simulation_node_configs(cfg.data.partitions),
                          cfg.to_flower_config())
     summary = federated_run(cfg, grid, 1).execute()
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -65,8 +67,8 @@ def dropout(rates: list[float], modes: list[str], rounds: int, work: Path) -> li
         for rate in rates:
             if rate == 0 and mode != modes[0]:
                 continue  # 0 % is the same run in every mode
-            cfg = RunConfig.from_mapping({**DROPOUT_BASE, "num-server-rounds": rounds, "fault-dropout": rate,
-                                          "fault-mode": mode})
+            cfg = RunConfig.from_mapping({**DROPOUT_BASE, "federation.rounds": rounds, "sim.fault-dropout": rate,
+                                          "sim.fault-mode": mode})
             start = time.perf_counter()
             summary, records, _ = run_inprocess(cfg, work / f"dropout-{mode}-{rate:g}")
             rows.append({"mode": mode if rate else "-", "dropout": rate, "hr10": summary.test["hr10"],
@@ -82,7 +84,7 @@ def target_item(cfg: RunConfig, quantile: float = 0.2) -> int:
     """An unpopular item: the one at ``quantile`` of the training popularity among items with interactions."""
     from simulations.client_app import _full
 
-    data, _, _ = _full(cfg.data_path, cfg.seed, cfg.synthetic_users, cfg.synthetic_items)
+    data, _, _ = _full(cfg.data.path, cfg.seed, cfg.data.synthetic_users, cfg.data.synthetic_items)
     pop = data.item_popularity()
     items = np.flatnonzero(pop > 0)
     order = items[np.argsort(pop[items], kind="stable")]
@@ -92,10 +94,11 @@ def target_item(cfg: RunConfig, quantile: float = 0.2) -> int:
 def target_exposure(run_dir: Path, target: int, partitions: list[int], k: int = 10) -> dict[str, float]:
     """Target item's full-catalog rank among unseen items for the users of ``partitions`` (served model)."""
     from client.serving.source import ModelSource
+    from simulations.client_app import hand_over_partition
 
     ranks = []
     for pid in partitions:
-        rec = ModelSource(run=run_dir, partition=pid).load()
+        rec = ModelSource(run=run_dir, partition=pid, hand_over=hand_over_partition).load()
         for start in range(0, rec.n_users, 128):
             rows = np.arange(start, min(start + 128, rec.n_users))
             with torch.no_grad():
@@ -155,15 +158,15 @@ def main() -> None:
     scenarios = args.scenarios.split(",")
     if "dropout" in scenarios:
         rows = dropout([float(x) for x in args.rates.split(",")], args.modes.split(","), args.rounds, work)
-        doc["dropout"] = {"config": {**DROPOUT_BASE, "num-server-rounds": args.rounds}, "rows": rows}
+        doc["dropout"] = {"config": {**DROPOUT_BASE, "federation.rounds": args.rounds}, "rows": rows}
         print_table(rows, ["mode", "dropout", "answered_mean", "hr10", "hr10_full", "ndcg10", "best_round",
                            "wall_seconds"], "HR@10 under node dropouts (ML-100K, 10 silos)")
     if "poisoning" in scenarios:
-        base = {**POISON_BASE, "data-path": args.poison_data}
+        base = {**POISON_BASE, "data.path": args.poison_data}
         if args.poison_data != "synthetic":
-            base = {**DROPOUT_BASE, "num-server-rounds": args.rounds, "full-rank": False,
-                    "data-path": args.poison_data}
-        defenses = {**DEFENSES, "norm-bound": {"norm-bound": args.norm_bound}}
+            base = {**DROPOUT_BASE, "federation.rounds": args.rounds, "eval.full-rank": False,
+                    "data.path": args.poison_data}
+        defenses = {**DEFENSES, "norm-bound": {"federation.norm-bound": args.norm_bound}}
         rows = poisoning(base, defenses, [float(b) for b in args.boosts.split(",")], work)
         doc["poisoning"] = {"config": base, "defenses": defenses, "rows": rows}
         print_table(rows, ["attack_boost", "defense", "target", "target_mean_rank", "target_median_rank",

@@ -42,7 +42,7 @@ def _median_ms(fn, repeats: int) -> float:
 
 
 def noise_costs(model: str, repeats: int) -> dict:
-    cfg = RunConfig(model=model, item_bias=True)
+    cfg = RunConfig.from_mapping({"model.name": model, "model.item-bias": True})
     shapes = [tuple(t.shape) for t in global_state(build_model(cfg, 1, N_ITEMS)).values()]
     gen = torch.Generator().manual_seed(0)
     secret = SecretRandomness.fresh()
@@ -69,8 +69,9 @@ def dp_step_ms(model: str, repeats: int) -> float:
     from shared.interactions import InteractionData
 
     data = InteractionData.from_tables(synthetic_tables(1, N_USERS, N_ITEMS))
-    cfg = RunConfig(model=model, item_bias=True, dp=True, dp_sample_rate=0.1, num_server_rounds=1,
-                    user_epochs=0, target_epsilon=8.0)
+    cfg = RunConfig.from_mapping({"model.name": model, "model.item-bias": True, "dp.enabled": True,
+                                  "dp.mechanism": "local-sgd", "dp.noise": "local", "dp.sample-rate": 0.1,
+                                  "federation.rounds": 1, "train.user-epochs": 0, "dp.target-epsilon": 8.0})
     plan = plan_for(cfg, data)
     model_ = build_model(cfg, data.n_users, data.n_items)
     times = []
