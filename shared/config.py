@@ -166,6 +166,10 @@ class DPConfig:
     frequency_cap: int = opt(50, "Items counted per user in the DP item counts.", unit="items", lo=1)
     train_min_count: float = opt(0.0, "Train only items with at least this DP count (others keep their public "
                                  "vectors). Not set (0): all.", unit="users", lo=0)
+    floor_below: float = opt(10_000.0, "sgd, als: with rho = epsilon x q x (DP user count) below this, no model is "
+                             "trained and the floor model (public genre vectors, DP item biases) is released; above "
+                             "it, round(rho / 1000) training rounds (at most `federation.rounds`). Public: costs no "
+                             "budget.", unit="rho", lo=0)
     server_lr: float = opt(20.0, "sgd: the coordinator's momentum SGD rate on the mean clipped gradient.",
                            lo=0, lo_open=True)
     server_momentum: float = opt(0.9, "sgd: its momentum.", lo=0, hi=0.999)

@@ -86,7 +86,7 @@ def cases(run: Path) -> dict[str, tuple[Callable[[list, list], tuple[list, list 
         "the middle entry of one node deleted": (remove_middle, []),
         "a correctly signed spend for a round the coordinator never ran": (extra_round, []),
         "a correctly signed entry of the same node key for another run": (other_run, []),
-        "the manifest edited to acknowledge one entry fewer in round 2": (edit_manifest, []),
+        "the manifest edited to acknowledge one entry fewer in its second record (round 1)": (edit_manifest, []),
         "no manifest beside the ledger": (lambda led, man: (led, None), []),
     }
 

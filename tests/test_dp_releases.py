@@ -147,7 +147,8 @@ def test_configurations_that_would_void_the_guarantee_are_refused():
 # rho = epsilon * q * N = 8 * 400 = 3200: enough data for the recipe to train all 3 rounds
 SMALL = {**RELEASES, "data.synthetic-users": 600, "data.synthetic-items": 120, "data.partitions": 3,
          "federation.min-nodes": 3,
-         "federation.rounds": 3, "eval.full-rank": False, "dp.server-lr": 5.0, "dp.target-epsilon": 8.0}
+         "federation.rounds": 3, "eval.full-rank": False, "dp.server-lr": 5.0, "dp.target-epsilon": 8.0,
+         "dp.floor-below": 1500.0}  # 3 silos of ~150 training users: train above rho = 1500
 
 
 def run(tmp_path, drop=None, **extra):
@@ -239,12 +240,22 @@ def test_als_without_noise_learns_and_its_passes_audit_clean(tmp_path):
 def test_too_little_data_for_the_budget_releases_the_floor_model_with_the_whole_budget(tmp_path):
     """rho = epsilon * q * N below the threshold: no training round; the rest of the budget re-releases the item
     counts, the floor model (genre vectors, DP item biases) is evaluated and the run spends exactly its budget."""
-    from server.releases import RHO_MIN
-
     summary = run(tmp_path, **{"dp.noise": "central", "data.synthetic-users": 90, "dp.target-epsilon": 2.0})
-    assert RHO_MIN > 2.0 * 90 and summary.rounds_run == 0
+    assert RunConfig.from_mapping(SMALL).dp.floor_below > 2.0 * 90 and summary.rounds_run == 0
     entries = read_jsonl(tmp_path / "run" / NAME)
     assert {e["mechanism"] for e in entries} == {"frequency"} and {e["round"] for e in entries} == {0}
     assert len(entries) == 6 and max(e["epsilon"] for e in entries) == pytest.approx(2.0, abs=0.03)
     assert summary.test is not None and summary.test["hr10"] > 0.15  # the floor, not a random ranking (0.10)
     assert CliRunner().invoke(app, ["audit", str(tmp_path / "run" / NAME)]).exit_code == 0
+
+
+def test_the_floor_model_scores_by_the_dot_product_and_the_dp_bias():
+    """NeuMF's untrained MLP tower is switched off in the floor model; the MLP model ranks by the bias alone."""
+    from server.loop import initial_model
+    from server.releases import _floor_output_layer
+
+    for name, expected in (("neumf", [1.0] * 8 + [0.0] * 8), ("mlp", [0.0] * 8), ("gmf", [1.0] * 8)):
+        cfg = RunConfig.from_mapping({"model.name": name, "model.embedding-dim": 8, "model.mlp-layers": "16,8"})
+        arrays = {k: v.numpy() for k, v in initial_model(cfg)[0].items()}
+        _floor_output_layer(arrays, 8)
+        assert arrays["out.weight"].ravel().tolist() == expected and arrays["out.bias"].tolist() == [0.0]

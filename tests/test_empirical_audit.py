@@ -75,7 +75,8 @@ def test_the_default_mechanism_is_audited_on_the_released_model(tmp_path):
                "data.partitions": 2,
                "federation.min-nodes": 2, "model.name": "gmf", "model.embedding-dim": 16, "dp.noise": "central",
                "dp.target-epsilon": 2.0,
-               "federation.rounds": 6, "eval.every": 6, "eval.full-rank": False}
+               "federation.rounds": 6, "eval.every": 6, "eval.full-rank": False,
+               "dp.floor-below": 1000.0}  # rho = 2 x ~1000 users: a small federation that still trains
     honest = empirical_epsilon(RunConfig.from_mapping(default), canaries=CANARIES, work_dir=tmp_path / "honest")
     assert honest["rounds"] >= 1 and honest["epsilon_lower_bound"] <= honest["claimed_epsilon"] <= 2.0, honest
     broken = empirical_epsilon(RunConfig.from_mapping(default), canaries=CANARIES, breakage="no-noise",

@@ -63,8 +63,11 @@ def finished_run(cfg: RunConfig, run_dir: Path) -> tuple[Any, list[dict], float 
 def node_peak_rss(cfg: RunConfig) -> float:
     """Peak RSS (MB) of a fresh process that runs one node's training round (silo 0) through the ClientApp.
 
-    Under noisy-sum releases the round is one release of the run's training kind (gradient or ALS statistics).
+    Under noisy-sum releases the round is one release of the run's training kind (gradient or ALS statistics);
+    distributed noise is measured as central (SecAgg+'s own messages are not included).
     """
+    if cfg.dp.enabled and cfg.dp.noise == "distributed":  # a node releases its share only under SecAgg+: measure
+        cfg = cfg.with_overrides({"dp.noise": "central"})  # the same computation, without the protocol around it
     release = {"sgd": "gradient", "als": "als"}.get(cfg.dp.mechanism) if cfg.dp.enabled else None
     extra = f', "release": "{release}"' if release else ""
     code = f"""
