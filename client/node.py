@@ -29,7 +29,7 @@ Tensors = OrderedDict[str, torch.Tensor]
 
 
 def refit_user_rows(model: torch.nn.Module, cfg: RunConfig, data: InteractionData, *, rng) -> None:
-    """``eval.user-epochs`` noise-free passes over ``model.name``'s user rows with the global part frozen.
+    """``eval.user-epochs`` noise-free passes over ``model``'s user rows with the global part frozen.
 
     FedRecon's evaluation step, used before evaluating and before serving, on the caller's model copy only.
     A no-op for ``eval.user-epochs = 0`` and for the explicit task.

@@ -68,7 +68,7 @@ class TrainResult:
 
 
 def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
-    """Adam or SGD (momentum 0.9) with L2 weight decay over ``model.name``'s trainable parameters.
+    """Adam or SGD (momentum 0.9) with L2 weight decay over ``model``'s trainable parameters.
 
     Per-group learning rates: item embedding tables get ``item_lr`` and the item bias
     ``bias_lr`` when set; with ``item_lr == 0`` the item tables are frozen
@@ -170,7 +170,7 @@ def train_epochs(
     optimizer: torch.optim.Optimizer | None = None,
     proximal: tuple[float, dict[str, torch.Tensor]] | None = None,
 ) -> TrainResult:
-    """Train ``model.name`` in place for ``train.epochs`` passes over ``data``'s training interactions.
+    """Train ``model`` in place for ``train.epochs`` passes over ``data``'s training interactions.
 
     ``proximal=(mu, anchor)`` adds FedProx's ``mu/2 * ||w - w_anchor||^2`` over the
     anchored (global) parameters.

@@ -105,7 +105,9 @@ def recipe_line(cfg) -> str:
     """The DP recipe of a run, as one line: mechanism, where the noise goes, budget, unit, accountant, knobs."""
     where = {"local": "every node adds it", "central": "the coordinator adds it (trusted)",
              "distributed": "shares under SecAgg+ (trusted: SecAgg+, honest nodes)"}[cfg.dp.noise]
-    knobs = (f"q {cfg.dp.sample_rate:g}, clip {cfg.dp.clip_norm:g}, up to {cfg.federation.rounds} rounds, "
+    knobs = (f"q {cfg.dp.sample_rate:g}, clip {cfg.dp.clip_norm:g}, up to {cfg.federation.rounds} rounds "
+             f"(round(rho / 1000), rho = epsilon x q x DP user count; below rho {cfg.dp.floor_below:g}: the floor "
+             f"model, no training), "
              f"server momentum SGD lr {cfg.dp.server_lr:g}, {cfg.dp.frequency_share:.0%} of epsilon on DP item "
              f"counts" if cfg.dp.mechanism == "sgd" else
              f"{cfg.federation.rounds} passes, {cfg.dp.max_interactions} items per user, "

@@ -43,7 +43,7 @@ def merged(history: Sequence[Segment]) -> list[Segment]:
 
 
 def epsilon(history: Sequence[Segment], delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> float:
-    """Epsilon of the composed history at ``dp.delta`` (Opacus). 0 for an empty history."""
+    """Epsilon of the composed history at ``delta`` (Opacus). 0 for an empty history."""
     segments = merged(history)
     if not segments:
         return 0.0

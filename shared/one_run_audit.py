@@ -100,7 +100,7 @@ def p_value(m: int, r: int, v: int, epsilon: float, delta: float) -> float:
 
     Raises:
         ValueError: unless ``0 <= v <= r <= m`` are integers, ``epsilon`` is finite and
-            non-negative and ``dp.delta`` is in [0, 1].
+            non-negative and ``delta`` is in [0, 1].
     """
     m, r, v = _check_counts(m, r, v)
     epsilon = float(epsilon)
@@ -246,7 +246,7 @@ def audit_scores(
 
     Raises:
         ValueError: on scores and bits of different lengths, non-1-D or empty input,
-            non-finite scores, bits that are not boolean / 0-1, ``dp.delta`` outside [0, 1],
+            non-finite scores, bits that are not boolean / 0-1, ``delta`` outside [0, 1],
             ``confidence`` outside (0, 1), an empty, repeated or out-of-range fraction
             (allowed: (0, 0.5], or (0, 1] when ``one_sided``), or ties without ``rng``.
     """

@@ -47,7 +47,7 @@ STATE_FILE = "user_emb.pt"
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A run directory (``run``, optional ``partition``) or a deployment (``model.name``, ``data``, ``state_dir``)."""
+    """A run directory (``run``, optional ``partition``) or a deployment (``model``, ``data``, ``state_dir``)."""
 
     run: Path | None = None
     partition: int | None = None

@@ -90,7 +90,7 @@ def merge_state(
     global_part: dict[str, torch.Tensor] | None = None,
     local_part: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Load a global and/or a local part into ``model.name``; keys and shapes must match exactly."""
+    """Load a global and/or a local part into ``model``; keys and shapes must match exactly."""
     own = model.state_dict()
     for part, want_local in ((global_part, False), (local_part, True)):
         if part is None:
