@@ -22,6 +22,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from client.local import REFUSED, Refusal, node_setup, release_locally, train_locally
 from client.secagg import handle_train
 from client.state import users_fingerprint
+from shared import sparse_rows
 from shared.config import RunConfig
 
 log = logging.getLogger("flwr")
@@ -62,8 +63,14 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict()
     if update.ledger is not None:
         content["ledger"] = ConfigRecord({"entries": [json.dumps(e, sort_keys=True) for e in update.ledger]})
-    how = RunConfig.from_mapping(context.run_config).transport.compression
-    content["arrays"] = ArrayRecord(compress(update.global_part, how))
+    transport = RunConfig.from_mapping(context.run_config).transport
+    arrays = update.global_part
+    if transport.item_updates == "sparse" and "release" not in config:  # rows compared before any compression
+        received = msg.content["arrays"]
+        encoded = sparse_rows.encode({k: v.detach().numpy() for k, v in arrays.items()},
+                                     {k: received[k].numpy() for k in arrays})
+        arrays = OrderedDict((k, torch.from_numpy(v)) for k, v in encoded.items())
+    content["arrays"] = ArrayRecord(compress(arrays, transport.compression))
     content["metrics"] = MetricRecord(update.metrics)
     return Message(content, reply_to=msg)
 

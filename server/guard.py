@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from server.robust import ReplayRegistry, bound_update, update_digest
+from shared import sparse_rows
 from shared.seeding import derive
 
 log = logging.getLogger("flwr")  # streamed by `flwr run --stream`
@@ -82,10 +83,11 @@ def reply_problem(msg: Message, reference: dict[str, np.ndarray], max_norm: floa
 class ReplyGuard(Strategy):
     """Delegate to ``inner``; filter training replies; seed node sampling."""
 
-    compression = "none"  # update-compression: "fp16" replies are upcast to the model's dtypes before validation
-
-    def __init__(self, inner: Strategy, *, max_update_norm: float, seed: int, norm_bound: float = 0.0) -> None:
+    def __init__(self, inner: Strategy, *, max_update_norm: float, seed: int, norm_bound: float = 0.0,
+                 compression: str = "none", item_updates: str = "dense") -> None:
         self.inner = inner
+        self.compression = compression  # "fp16": replies are upcast to the model's dtypes before validation
+        self.item_updates = item_updates  # "sparse": replies' changed rows are rebuilt into dense arrays first
         self.max_update_norm = max_update_norm
         self.norm_bound = norm_bound
         self.seed = seed
@@ -118,9 +120,10 @@ class ReplyGuard(Strategy):
                 continue
             collect_privacy(msg, node, report)  # a spend is real even if the update is then rejected
             wire[node] = sum(r.count_bytes() for r in msg.content.array_records.values())
-            if self.compression == "fp16":
+            problem = densify_rows(msg, self._reference) if self.item_updates == "sparse" else None
+            if problem is None and self.compression == "fp16":
                 upcast_fp16(msg, self._reference)
-            problem = reply_problem(msg, self._reference, self.max_update_norm)
+            problem = problem or reply_problem(msg, self._reference, self.max_update_norm)
             if problem is None:
                 digests[node] = update_digest(next(iter(msg.content.array_records.values())))
                 if digests[node] != self._reference_digest:  # an unchanged model is no replay
@@ -158,6 +161,17 @@ class ReplyGuard(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(server_round, replies)
+
+
+def densify_rows(msg: Message, reference: dict[str, np.ndarray]) -> str | None:
+    """Rebuild a sparse reply's dense arrays in place (:mod:`shared.sparse_rows`); why it is malformed, or None."""
+    if len(msg.content.array_records) != 1:
+        return "reply must hold exactly one ArrayRecord and one MetricRecord"
+    name, record = next(iter(msg.content.array_records.items()))
+    dense, problem = sparse_rows.decode({k: a.numpy() for k, a in record.items()}, reference)
+    if problem is None:
+        msg.content[name] = ArrayRecord({k: Array(v) for k, v in dense.items()})
+    return problem
 
 
 def upcast_fp16(msg: Message, reference: dict[str, np.ndarray]) -> None:

@@ -97,7 +97,6 @@ class FederatedRun:
         if self.cfg.dp.enabled and self.cfg.dp.unit == "node":
             self.central_dp = CentralDP(self.cfg, self.run_dir, run_key)
         self.strategy = build_strategy(self.cfg, self.central_dp)
-        self.strategy.compression = self.cfg.transport.compression  # fp16 replies are upcast before validation
 
     # -------------------------------------------------------------------------
     def _start(self) -> tuple[checkpoint.Checkpoint, str]:
@@ -190,7 +189,9 @@ class FederatedRun:
         config = ConfigRecord({"run-key": run_key, "catalog-hash": catalog_hash})
         messages = self.strategy.configure_train(rnd, arrays, config, self.grid)
         replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout))
-        new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)
+        started = time.perf_counter()
+        new_arrays, metrics = self.strategy.aggregate_train(rnd, replies)  # validation + aggregation
+        aggregation_seconds = time.perf_counter() - started
         report = self.strategy.report
         received = [e for node, lines in report.ledgers.items() for e in self.ledger.update(node, lines)]
         central_entry = None
@@ -212,6 +213,7 @@ class FederatedRun:
             "train_loss": float(metrics["train-loss"]) if metrics else None,
             "train_examples": int(metrics["num-examples"]) if metrics else 0,
             "train_seconds_max": float(metrics["train-seconds-max"]) if metrics else None,
+            "aggregation_seconds": aggregation_seconds,
         }
         if report.bounded:
             record["norm_bounded"] = [[n, norm] for n, norm in report.bounded]

@@ -165,14 +165,23 @@ def wait_for_nodes(grid: Grid, cfg: RunConfig) -> list[int]:
 
 
 def secure_round(run: FederatedRun, rnd: int, arrays: ArrayRecord, config: dict[str, Any], *, max_weight: float,
-                 quantization_range: int = 2**22) -> tuple[SumOnlyFedAvg, _TapGrid]:
-    """One SecAgg+ workflow over the sampled nodes: ``strategy.aggregate`` is the weighted mean of their arrays."""
+                 quantization_range: int | None = None) -> tuple[SumOnlyFedAvg, _TapGrid]:
+    """One SecAgg+ workflow over the sampled nodes: ``strategy.aggregate`` is the weighted mean of their arrays.
+
+    Quantization defaults to the finest the 2^32 masking modulus allows for the connected nodes
+    (:func:`~shared.secure_sum.quantization_levels`), not Flower's 2^22: a node's values are scaled by
+    ``num_examples / max_weight`` before rounding, so the rounding error in model units is
+    ``16 / Q * max_weight / num_examples`` and small nodes need every level.
+    """
     cfg = run.cfg
     config = {**config, "server-round": rnd, "array-keys": ",".join(arrays.keys())}
     strategy = SumOnlyFedAvg(cfg, config)
     manager = SimpleClientManager()
-    for node in wait_for_nodes(run.grid, cfg):
+    nodes = wait_for_nodes(run.grid, cfg)
+    for node in nodes:
         manager.register(GridClientProxy(node_id=node, grid=run.grid, run_id=run.flower_run_id))
+    if quantization_range is None:
+        quantization_range = quantization_levels(len(nodes))
     base = Context(run_id=run.flower_run_id, node_id=0, node_config={}, state=RecordDict(), run_config={})
     legacy = LegacyContext(base, config=ServerConfig(num_rounds=cfg.federation.rounds), strategy=strategy,
                            client_manager=manager)

@@ -64,7 +64,8 @@ def build_strategy(cfg: RunConfig, central_dp: CentralDP | None = None) -> Reply
             raise ConfigError("strategy", "node-level DP runs with fedavg (equal-weight average + noise)")
         inner = central_dp.wrap(FedAvg(**common, weighted_by_key="node-weight"))
     return ReplyGuard(inner, max_update_norm=cfg.federation.max_update_norm, seed=cfg.seed,
-                      norm_bound=cfg.federation.norm_bound)
+                      norm_bound=cfg.federation.norm_bound, compression=cfg.transport.compression,
+                      item_updates=cfg.transport.item_updates)
 
 
 STATE_ATTRS = ("m_t", "v_t")

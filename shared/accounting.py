@@ -49,19 +49,15 @@ def epsilon(history: Sequence[Segment], delta: float, accountant: str = DEFAULT_
         return 0.0
     if any(z <= 0 for z, _, _ in segments):
         return math.inf
+    if accountant not in ACCOUNTANTS:
+        raise ValueError(f"unknown accountant {accountant!r} (one of {', '.join(ACCOUNTANTS)})")
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
+    acc.load_state_dict({"history": segments, "mechanism": acc.mechanism()})  # Opacus's own state format
     if accountant == "rdp":
-        from opacus.accountants import RDPAccountant
-
-        acc = RDPAccountant()
-        acc.history = segments
         return float(acc.get_epsilon(delta, alphas=RDP_ORDERS))
-    if accountant == "prv":
-        from opacus.accountants import PRVAccountant
-
-        acc = PRVAccountant()
-        acc.history = segments
-        return float(acc.get_epsilon(delta))
-    raise ValueError(f"unknown accountant {accountant!r} (one of {', '.join(ACCOUNTANTS)})")
+    return float(acc.get_epsilon(delta))
 
 
 def independent_epsilon(history: Sequence[Segment], delta: float, accountant: str = DEFAULT_ACCOUNTANT) -> float:

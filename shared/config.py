@@ -136,6 +136,9 @@ class TransportConfig:
     secagg_max_users: int = opt(10_000, "SecAgg+ releases: at least any node's number of privacy units.",
                                 unit="units", lo=1)
     compression: str = opt("none", "float16 replies halve the bytes up.", choices=("none", "fp16"))
+    item_updates: str = opt("dense", "sparse: a node sends only the rows of each table its training changed (row "
+                            "indices + values; the coordinator rebuilds the exact update). Not with DP or SecAgg+.",
+                            choices=("dense", "sparse"))
 
 
 @dataclass(frozen=True)
@@ -208,41 +211,27 @@ class SimConfig:
 GROUPS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "federation": FederationConfig,
           "transport": TransportConfig, "dp": DPConfig, "eval": EvalConfig, "sim": SimConfig}
 
-# The flat keys of earlier versions -> their grouped names (loaded with a one-time deprecation warning).
-OLD_KEYS = {
-    "data-path": "data.path", "synthetic-users": "data.synthetic-users", "synthetic-items": "data.synthetic-items",
-    "partitioner": "data.partitioner", "num-partitions": "data.partitions", "dirichlet-alpha": "data.dirichlet-alpha",
-    "catalog-path": "data.catalog-path",
-    "model": "model.name", "task": "model.task", "embedding-dim": "model.embedding-dim",
-    "mlp-layers": "model.mlp-layers", "mlp-activation": "model.mlp-activation", "item-bias": "model.item-bias",
-    "item-init": "model.item-init",
-    "optimizer": "train.optimizer", "lr": "train.lr", "item-lr": "train.item-lr", "bias-lr": "train.bias-lr",
-    "weight-decay": "train.weight-decay", "batch-size": "train.batch-size", "local-epochs": "train.local-epochs",
-    "num-negatives": "train.negatives", "user-epochs": "train.user-epochs", "user-lr": "train.user-lr",
-    "epochs": "train.epochs", "pretrain-epochs": "train.pretrain-epochs",
-    "num-server-rounds": "federation.rounds", "fraction-train": "federation.fraction-train",
-    "fraction-evaluate": "federation.fraction-evaluate", "min-nodes": "federation.min-nodes",
-    "strategy": "federation.strategy", "proximal-mu": "federation.proximal-mu", "server-lr": "federation.server-lr",
-    "max-update-norm": "federation.max-update-norm", "round-timeout": "federation.round-timeout",
-    "run-dir": "federation.run-dir", "resume-from": "federation.resume-from",
-    "aggregation": "federation.aggregation", "trim-fraction": "federation.trim-fraction",
-    "norm-bound": "federation.norm-bound",
-    "update-compression": "transport.compression", "secure-aggregation": "transport.secure-aggregation",
-    "secagg-threshold": "transport.secagg-threshold", "secagg-max-weight": "transport.secagg-max-weight",
-    "secagg-max-users": "transport.secagg-max-users",
-    "dp": "dp.enabled", "privacy-unit": "dp.unit", "target-epsilon": "dp.target-epsilon", "delta": "dp.delta",
-    "accountant": "dp.accountant", "clip-norm": "dp.clip-norm", "dp-sample-rate": "dp.sample-rate",
-    "dp-max-interactions": "dp.max-interactions", "dp-mechanism": "dp.mechanism", "dp-noise": "dp.noise",
-    "dp-frequency-share": "dp.frequency-share", "dp-frequency-cap": "dp.frequency-cap",
-    "dp-train-min-count": "dp.train-min-count", "dp-server-lr": "dp.server-lr",
-    "dp-server-momentum": "dp.server-momentum", "als-l2": "dp.als-l2",
-    "als-unobserved-weight": "dp.als-unobserved-weight",
-    "top-k": "eval.top-k", "eval-every": "eval.every", "patience": "eval.patience", "full-rank": "eval.full-rank",
-    "eval-user-epochs": "eval.user-epochs",
-    "node-state-dir": "sim.node-state-dir", "client-threads": "sim.client-threads", "dp-chunk-pairs": "sim.chunk-pairs",
-    "fault-dropout": "sim.fault-dropout", "fault-mode": "sim.fault-mode", "fail-after-round": "sim.fail-after-round",
+# The flat keys of earlier versions -> their grouped names (loaded with a one-time deprecation warning): per
+# group, the old keys; "old=new" where the name in the group differs from the old key.
+_OLD_KEYS_BY_GROUP = {
+    "data": "data-path=path synthetic-users synthetic-items partitioner num-partitions=partitions dirichlet-alpha "
+            "catalog-path",
+    "model": "model=name task embedding-dim mlp-layers mlp-activation item-bias item-init",
+    "train": "optimizer lr item-lr bias-lr weight-decay batch-size local-epochs num-negatives=negatives user-epochs "
+             "user-lr epochs pretrain-epochs",
+    "federation": "num-server-rounds=rounds fraction-train fraction-evaluate min-nodes strategy proximal-mu server-lr "
+                  "max-update-norm round-timeout run-dir resume-from aggregation trim-fraction norm-bound",
+    "transport": "update-compression=compression secure-aggregation secagg-threshold secagg-max-weight "
+                 "secagg-max-users",
+    "dp": "dp=enabled privacy-unit=unit target-epsilon delta accountant clip-norm dp-sample-rate=sample-rate "
+          "dp-max-interactions=max-interactions dp-mechanism=mechanism dp-noise=noise "
+          "dp-frequency-share=frequency-share dp-frequency-cap=frequency-cap dp-train-min-count=train-min-count "
+          "dp-server-lr=server-lr dp-server-momentum=server-momentum als-l2 als-unobserved-weight",
+    "eval": "top-k eval-every=every patience full-rank eval-user-epochs=user-epochs",
+    "sim": "node-state-dir client-threads dp-chunk-pairs=chunk-pairs fault-dropout fault-mode fail-after-round",
 }
-_WARNED: set[str] = set()
+OLD_KEYS = {old: f"{group}.{new or old}" for group, keys in _OLD_KEYS_BY_GROUP.items()
+            for old, _, new in (key.partition("=") for key in keys.split())}
 
 
 def _old_value(old: str, raw: Any) -> list[tuple[str, Any]]:
@@ -297,9 +286,8 @@ class RunConfig:
         values: dict[str, Any] = {}
         for key, raw in mapping.items():
             if key in OLD_KEYS:
-                if key not in _WARNED:
-                    _WARNED.add(key)
-                    warnings.warn(f"run-config key {key!r} is now {OLD_KEYS[key]!r}", FutureWarning, stacklevel=2)
+                # every time (Python's filters show it once per call site; under pytest every use is an error)
+                warnings.warn(f"run-config key {key!r} is now {OLD_KEYS[key]!r}", FutureWarning, stacklevel=2)
                 values.update(_old_value(key, raw))
             elif key in known:
                 values[key] = raw
@@ -382,6 +370,9 @@ def check_rules(cfg: RunConfig) -> None:
     if f.aggregation == "row-mean" and (dp.enabled or t.compression != "none"):
         raise ConfigError("federation.aggregation", "row-mean needs the rows a node left unchanged to come back "
                                                     "exactly: no DP noise and no update compression")
+    if t.item_updates == "sparse" and (dp.enabled or t.secure_aggregation):
+        raise ConfigError("transport.item-updates", "sparse updates send the rows a node changed: DP noise changes "
+                                                    "every row, and SecAgg+ needs equal-length dense vectors")
     if not dp.enabled:
         return
     if dp.mechanism == "local-sgd" and dp.noise != "local":

@@ -1,4 +1,7 @@
-"""Shared fixtures: where MovieLens lives (skip cleanly when absent), small configs."""
+"""Shared fixtures: where MovieLens lives (skip cleanly when absent), one PyTorch thread.
+
+Plain helpers and constants shared by several test modules are in :mod:`tests.support`.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +9,17 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
-REPO = Path(__file__).resolve().parents[1]
-
-# The run-config defaults most tests were written against, before private noisy-sum releases became the
-# default: the federation averages the nodes' models, without DP unless a test sets dp = true (then DP-SGD on
-# each node, local noise). Tests of the default mechanism (tests/test_dp_releases.py) do not use it.
-MODEL_AVERAGING = {"dp.enabled": False, "model.item-bias": False, "model.item-init": "random", "dp.clip-norm": 1.0,
-                   "dp.sample-rate": 0.1,
-                   "dp.mechanism": "local-sgd", "dp.noise": "local", "dp.frequency-share": 0.0}
-
-
-def shared_data_dir() -> Path:
-    """``$FEDREC_DATA_DIR`` or ``../shared/data`` beside the repository."""
-    return Path(os.environ.get("FEDREC_DATA_DIR", REPO.parent / "shared" / "data"))
+from tests.support import SMALL_SERVING, need, shared_data_dir, train_small
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return shared_data_dir()
-
-
-def need(path: Path) -> Path:
-    """Skip the calling test unless ``path`` exists (MovieLens is never copied into the repo)."""
-    if not path.exists():
-        pytest.skip(f"{path} not present (set FEDREC_DATA_DIR to the MovieLens data directory)")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +30,18 @@ def ml100k(data_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def ml1m(data_dir: Path) -> Path:
     return need(data_dir / "movielens" / "ml-1m")
+
+
+@pytest.fixture
+def one_thread():
+    """PyTorch on one thread for the test (in-process nodes share the process; results stay exact)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """A trained :data:`~tests.support.SMALL_SERVING` run directory, shared by the serving tests."""
+    return train_small(tmp_path_factory.mktemp("small-run"), SMALL_SERVING)

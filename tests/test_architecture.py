@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.support import REPO
 
 PACKAGES = ("shared", "client", "server", "deploy", "simulations", "fedrec")
 ALLOWED = {  # package -> the project packages it may import

@@ -13,7 +13,7 @@ from shared.datasets import synthetic_tables
 from shared.interactions import InteractionData
 from shared.models import build_model, global_state, merge_state
 from simulations.benchmarks.cold_start import evaluate_cold, hold_out_users, revealed, train_global_part
-from tests.conftest import MODEL_AVERAGING
+from tests.support import MODEL_AVERAGING
 
 CFG = {**MODEL_AVERAGING,
        "data.synthetic-users": 300, "data.synthetic-items": 200, "model.name": "gmf", "model.embedding-dim": 16,

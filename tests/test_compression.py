@@ -11,7 +11,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import compress
 from server.guard import ReplyGuard, reply_problem, upcast_fp16
-from tests.test_federation import cfg_for, run_federation
+from tests.support import cfg_for, federate
 
 
 def reply(arrays: dict[str, np.ndarray]) -> Message:
@@ -56,7 +56,7 @@ def test_fp16_federation_halves_bytes_up_and_keeps_accuracy(tmp_path):
     results = {}
     for how in ("none", "fp16"):
         cfg = cfg_for(tmp_path / how, **{"federation.rounds": 3, "transport.compression": how})
-        summary, _ = run_federation(cfg)
+        summary, _ = federate(cfg)
         records = [json.loads(x) for x in (tmp_path / how / "run" / "metrics.jsonl").read_text().splitlines()]
         results[how] = (summary.val["hr10"], records)
         final = torch.load(tmp_path / how / "run" / "model.pt", weights_only=True)["global"]

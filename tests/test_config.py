@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from shared.config import RunConfig, load_toml_config, parse_assignments
 from shared.errors import ConfigError
-from tests.conftest import REPO
+from tests.support import REPO
 
 
 def flatten(table: dict, prefix: str = "") -> dict:
@@ -33,9 +33,6 @@ def test_values_are_coerced_from_strings():
 
 @pytest.mark.filterwarnings("ignore:run-config key")
 def test_old_flat_keys_load_with_a_deprecation_warning_naming_the_new_key():
-    import shared.config
-
-    shared.config._WARNED.discard("target-epsilon")
     with pytest.warns(FutureWarning, match="'target-epsilon' is now 'dp.target-epsilon'"):
         cfg = RunConfig.from_mapping({"target-epsilon": 2.0, "item-lr": -1.0, "bias-lr": 0.5})
     assert cfg.dp.target_epsilon == 2.0 and cfg.train.item_lr == 0.0 and cfg.train.bias_lr == 0.5

@@ -27,7 +27,7 @@ from server.ledger import NAME
 from shared.config import RunConfig
 from shared.ledger import read_jsonl, verify_chain
 from simulations.inprocess import InProcessGrid
-from tests.conftest import MODEL_AVERAGING
+from tests.support import MODEL_AVERAGING
 
 # >= 100 users per node: keeps DP's Poisson batches non-empty on this tiny data
 TINY = {**MODEL_AVERAGING,

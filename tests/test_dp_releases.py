@@ -173,7 +173,7 @@ def test_releases_reach_the_ledger_and_audit_clean(tmp_path, noise):
     assert np.load(tmp_path / "run" / "dp_item_counts.npy").shape == (120,)
     result = CliRunner().invoke(app, ["audit", str(tmp_path / "run" / NAME), "--budget", "8.0"])
     assert result.exit_code == 0, result.output
-    assert summary.test["hr10"] > 0
+    assert summary.test["hr10"] > 0.18  # measured 0.27-0.28; a random ranking of 100 candidates scores 0.10
 
 
 def test_distributed_noise_under_secagg_with_a_dropout_meets_its_claim(tmp_path):

@@ -16,7 +16,7 @@ from shared.datasets import synthetic_tables
 from shared.interactions import InteractionData
 from simulations.canaries import draw_canaries, with_canaries
 from simulations.privacy_audit import empirical_epsilon
-from tests.conftest import MODEL_AVERAGING
+from tests.support import MODEL_AVERAGING
 
 # the most powerful audit setting tried: SGD (updates linear in the noisy clipped sums), a clip norm below every
 # user's gradient norm, q = 1, one canary user per distinct rare item, 400 canaries

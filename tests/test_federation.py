@@ -8,35 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from server import checkpoint
 from server.guard import reply_problem
 from server.loop import initial_model
-from shared.config import RunConfig
 from shared.models import LOCAL_PREFIX
 from simulations.client_app import app as client_app
-from simulations.inprocess import InProcessGrid, simulation_node_configs
-from simulations.server_app import InjectedFault, federated_run
-from tests.conftest import MODEL_AVERAGING
-
-SMALL = {**MODEL_AVERAGING,
-         "data.synthetic-users": 240, "data.synthetic-items": 300, "model.name": "gmf", "train.lr": 0.01,
-         "data.partitions": 3,
-         "federation.min-nodes": 3, "eval.full-rank": False}
-
-
-def cfg_for(tmp_path, **extra) -> RunConfig:
-    return RunConfig.from_mapping({**SMALL, "federation.run-dir": str(tmp_path / "run"), **extra})
-
-
-def instruction(kind: str, arrays: ArrayRecord, config: dict, node: int = 1000) -> Message:
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    msg = Message(RecordDict({"arrays": arrays, "config": ConfigRecord(config)}), dst_node_id=node,
-                  message_type=kind)
-    msg.metadata.__dict__["_message_id"] = "m1"
-    return msg
+from simulations.server_app import InjectedFault
+from tests.support import cfg_for, federate, instruction
 
 
 def test_train_handler_sends_only_the_global_part_and_keeps_user_embeddings(tmp_path):
@@ -85,16 +66,10 @@ def test_evaluate_handler_reports_additive_sums(tmp_path):
     assert 0 <= m["val-hr-sum"] <= 80 and 0 <= m["test-hr-full-sum"] <= 80 and m["val-full-count"] == 80
 
 
-def run_federation(cfg: RunConfig, *, tap=None, wrap=None, nodes: int = 3):
-    app = wrap(client_app) if wrap else client_app
-    grid = InProcessGrid(app, simulation_node_configs(nodes), cfg.to_flower_config(), tap=tap)
-    return federated_run(cfg, grid, 1).execute(), grid
-
-
 def test_federation_learns_and_never_sends_user_parameters(tmp_path):
     sent = []
     cfg = cfg_for(tmp_path, **{"federation.rounds": 3})
-    summary, _ = run_federation(cfg, tap=sent.append)
+    summary, _ = federate(cfg, tap=sent.append)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [1, 2, 3]
     assert records[-1]["val"]["hr10"] > records[0]["val"]["hr10"] + 0.1
@@ -113,7 +88,7 @@ def test_federation_learns_and_never_sends_user_parameters(tmp_path):
 def test_resume_continues_at_the_next_round_from_the_checkpoint(tmp_path):
     base = {"federation.rounds": 4, "sim.node-state-dir": str(tmp_path / "nodes")}
     with pytest.raises(InjectedFault):
-        run_federation(cfg_for(tmp_path, **base, **{"sim.fail-after-round": 2}))
+        federate(cfg_for(tmp_path, **base, **{"sim.fail-after-round": 2}))
     ck = checkpoint.load(tmp_path / "run")
     assert ck.round == 2 and [r["round"] for r in ck.history] == [1, 2]
     # a stale line after the checkpoint (crash between log and checkpoint) must not survive the resume
@@ -130,7 +105,7 @@ def test_resume_continues_at_the_next_round_from_the_checkpoint(tmp_path):
         return call
 
     resumed = cfg_for(tmp_path, **base, **{"federation.resume-from": str(tmp_path / "run")})
-    summary, _ = run_federation(resumed, wrap=wrap)
+    summary, _ = federate(resumed, wrap=wrap)
     assert first_sent[0]["round"] == 3
     assert all(np.array_equal(first_sent[0][k], v) for k, v in ck.arrays.items())
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -162,7 +137,7 @@ def corrupting(app, how: dict[int, str]):
 
 def test_bad_replies_are_rejected_with_a_reason_and_the_run_completes(tmp_path):
     cfg = cfg_for(tmp_path, **{"federation.rounds": 2, "data.partitions": 5, "federation.min-nodes": 5})
-    summary, _ = run_federation(cfg, wrap=lambda a: corrupting(a, {0: "nan", 1: "shape", 2: "huge"}), nodes=5)
+    summary, _ = federate(cfg, wrap=lambda a: corrupting(a, {0: "nan", 1: "shape", 2: "huge"}), nodes=5)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for r in records:
         reasons = sorted(why for _, why in r["rejected"])
@@ -195,7 +170,7 @@ def test_reply_problem_checks_keys_dtype_and_num_examples():
 @pytest.mark.parametrize("strategy", ["fedprox", "fedadam"])
 def test_alternative_strategies_run_and_checkpoint_their_state(tmp_path, strategy):
     cfg = cfg_for(tmp_path, **{"federation.rounds": 2, "federation.strategy": strategy})
-    summary, _ = run_federation(cfg)
+    summary, _ = federate(cfg)
     assert summary.rounds_run == 2
     ck = checkpoint.load(tmp_path / "run")
     assert ("m_t" in ck.strategy_state) == (strategy == "fedadam")
@@ -204,7 +179,7 @@ def test_alternative_strategies_run_and_checkpoint_their_state(tmp_path, strateg
 def test_early_stopping_keeps_the_best_round(tmp_path):
     # with this learning rate validation HR peaks after a few rounds, then falls (seeded: deterministic)
     cfg = cfg_for(tmp_path, **{"federation.rounds": 12, "eval.patience": 2, "train.lr": 0.1})
-    summary, _ = run_federation(cfg)
+    summary, _ = federate(cfg)
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     best = max(records, key=lambda r: r["val"]["hr10"])
     assert summary.stopped_early and summary.best_round == best["round"]

@@ -28,7 +28,7 @@ from shared.config import OLD_KEYS, RunConfig, parse_assignments
 from shared.errors import ConfigError, FedrecError, KeyFileError
 from shared.keys import generate_keys, load_key
 from shared.ledger import SigningKey
-from tests.conftest import REPO
+from tests.support import REPO
 
 FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 NAME = st.text(string.ascii_letters + string.digits + "-_.", min_size=1, max_size=12)

@@ -16,7 +16,7 @@ from shared.errors import DataError
 from shared.loaders import MAX_TIMESTAMP, ColumnMapping, load_interactions
 from shared.movielens import load_item_genres, load_item_titles, load_ncf_split
 from shared.schema import COLUMNS, DuplicatePolicy
-from tests.conftest import need
+from tests.support import need
 
 NA = pd.NA
 

@@ -18,8 +18,7 @@ from shared.errors import FedrecError
 from shared.interactions import InteractionData
 from shared.ledger import read_jsonl, write_jsonl
 from shared.manifest import NAME as MANIFEST
-from tests.conftest import MODEL_AVERAGING
-from tests.test_federation import cfg_for, run_federation
+from tests.support import MODEL_AVERAGING, cfg_for, federate
 
 BASE = {**MODEL_AVERAGING, "dp.enabled": True, "dp.target-epsilon": 3.0, "federation.rounds": 3}
 
@@ -28,7 +27,7 @@ BASE = {**MODEL_AVERAGING, "dp.enabled": True, "dp.target-epsilon": 3.0, "federa
 def honest(tmp_path_factory):
     """A finished 3-node, 3-round DP run (in-process runtime)."""
     tmp = tmp_path_factory.mktemp("honest")
-    run_federation(cfg_for(tmp, **BASE, **{"sim.node-state-dir": str(tmp / "nodes")}))
+    federate(cfg_for(tmp, **BASE, **{"sim.node-state-dir": str(tmp / "nodes")}))
     return tmp
 
 
@@ -114,7 +113,7 @@ def test_an_entry_for_a_round_the_node_did_not_train_is_a_violation(honest, tmp_
 def test_an_entry_spliced_from_another_run_is_a_violation(honest, tmp_path):
     """Same node keys (same node state), a second run: its entries do not belong to the first run."""
     other = tmp_path / "other"
-    run_federation(cfg_for(other, **{**BASE, "sim.node-state-dir": str(honest / "nodes"), "federation.rounds": 1}))
+    federate(cfg_for(other, **{**BASE, "sim.node-state-dir": str(honest / "nodes"), "federation.rounds": 1}))
     foreign = ledger_of(other)[0]
     entries = ledger_of(honest)
     assert foreign["node_key_id"] in by_node(entries) and foreign["run_id"] != entries[0]["run_id"]
@@ -148,8 +147,8 @@ def test_without_a_manifest_the_audit_refuses_unless_told(tmp_path, honest):
 def test_refusing_nodes_and_a_resumed_run_still_audit_clean(tmp_path):
     """Nodes refuse past their planned budget (no entry, no acknowledgement); the manifest holds across resume."""
     base = {**BASE, "federation.rounds": 2, "sim.node-state-dir": str(tmp_path / "nodes")}
-    run_federation(cfg_for(tmp_path, **base))
-    run_federation(cfg_for(tmp_path, **{**base, "federation.rounds": 3,
+    federate(cfg_for(tmp_path, **base))
+    federate(cfg_for(tmp_path, **{**base, "federation.rounds": 3,
                                         "federation.resume-from": str(tmp_path / "run")}))
     rows = manifest_of(tmp_path)
     assert [r["kind"] for r in rows] == ["round", "round", "close", "round", "close"]

@@ -15,7 +15,7 @@ from shared.interactions import InteractionData
 from shared.losses import PerSampleBCE, PerSampleMSE
 from shared.models import LOCAL_PREFIX, MODELS, build_model, global_state, local_state, merge_state
 from simulations.centralized import train_centralized
-from tests.conftest import MODEL_AVERAGING
+from tests.support import MODEL_AVERAGING
 
 # Per-model learning rates that reach a good fit in a few epochs on the small synthetic set.
 SETTINGS = {
@@ -95,7 +95,9 @@ def test_implicit_model_learns_well_above_popularity(model, small_data):
     result = train_centralized(cfg_for(model), data=data, value_range=vr, show_progress=False)
     assert result.val["hr10"] > pop + 0.15, (model, result.val, pop)
     assert result.test["hr10"] > pop + 0.1
-    assert result.test["hr10_full"] > 0  # full-rank figures are computed for the test split
+    # full-rank figures are computed for the test split: ranking against every unseen item can only be harder
+    # than against 99 of them, and a random full ranking of 400 items scores ~10 / 400 = 0.025
+    assert 0.2 < result.test["hr10_full"] <= result.test["hr10"]
 
 
 @pytest.mark.parametrize("model", MODELS)

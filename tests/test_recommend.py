@@ -31,7 +31,7 @@ from simulations.centralized import train_centralized
 from simulations.client_app import app as client_app
 from simulations.client_app import hand_over_partition
 from simulations.inprocess import InProcessGrid, simulation_node_configs
-from tests.conftest import MODEL_AVERAGING
+from tests.support import MODEL_AVERAGING
 
 SMALL = {**MODEL_AVERAGING,
          "data.synthetic-users": 160, "data.synthetic-items": 240, "train.epochs": 2, "eval.patience": 0,
@@ -55,7 +55,7 @@ def runs(tmp_path_factory):
     out = {}
     for model in ("gmf", "neumf"):
         out[model] = tmp_path_factory.mktemp(f"run-{model}")
-        train_centralized(RunConfig.from_mapping({**SMALL, "model": model}), out[model], show_progress=False)
+        train_centralized(RunConfig.from_mapping({**SMALL, "model.name": model}), out[model], show_progress=False)
     return out
 
 

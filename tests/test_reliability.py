@@ -6,9 +6,7 @@ tests/test_reliability_flwr.py (slow); a killed coordinator process is in tests/
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,48 +22,10 @@ from shared.errors import ConfigError
 from shared.ledger import read_jsonl
 from simulations.client_app import app as client_app
 from simulations.faults import failing_partitions, hostile, node_fails
-from simulations.inprocess import InProcessGrid, simulation_node_configs
-from simulations.server_app import InjectedFault, federated_run
-from tests.conftest import MODEL_AVERAGING
+from simulations.server_app import InjectedFault
+from tests.support import federate, make_cfg, node_chains, records
 
-SMALL = {**MODEL_AVERAGING,
-         "data.synthetic-users": 200, "data.synthetic-items": 240, "model.name": "gmf", "train.lr": 0.01,
-         "eval.full-rank": False}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_cfg(tmp_path: Path, nodes: int, **extra) -> RunConfig:
-    return RunConfig.from_mapping({**SMALL, "data.partitions": nodes, "federation.min-nodes": nodes,
-                                   "federation.run-dir": str(tmp_path / "run"),
-                                   "sim.node-state-dir": str(tmp_path / "nodes"),
-                                   **extra})
-
-
-def federate(cfg: RunConfig, wrap=None):
-    app = wrap(client_app) if wrap else client_app
-    grid = InProcessGrid(app, simulation_node_configs(cfg.data.partitions), cfg.to_flower_config())
-    return federated_run(cfg, grid, 1).execute(), grid
-
-
-def records(tmp_path: Path) -> list[dict]:
-    return [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-
-
-def node_chains(tmp_path: Path, nodes: int) -> dict[int, list[dict]]:
-    """Each node's own ledger entries of this run (the source of truth for its spend)."""
-    run_key = checkpoint.load(tmp_path / "run").run_key
-    out = {}
-    for pid in range(nodes):
-        path = tmp_path / "nodes" / f"partition-{pid}" / "ledger.jsonl"
-        out[pid] = [e for e in read_jsonl(path) if e["run_id"] == run_key] if path.exists() else []
-    return out
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- which nodes fail

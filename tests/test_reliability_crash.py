@@ -26,10 +26,9 @@ from shared.audit import audit_entries, audit_run
 from shared.errors import FedrecError
 from shared.ledger import read_jsonl
 from shared.manifest import NAME as MANIFEST
-from tests.conftest import MODEL_AVERAGING, REPO
-from tests.test_reliability import federate, make_cfg, node_chains, one_thread, records
+from tests.support import MODEL_AVERAGING, REPO, federate, make_cfg, node_chains, records
 
-__all__ = ["one_thread"]  # the autouse fixture
+pytestmark = pytest.mark.usefixtures("one_thread")
 CHILD = """
 import json, sys, torch
 torch.set_num_threads(1)
@@ -90,7 +89,10 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize(("when", "dp"), [("between-rounds", False), ("between-rounds", True), ("mid-round", True)])
+# between rounds with DP is the slow variant (run with -m slow): mid-round with DP covers the ledger/budget path
+@pytest.mark.parametrize(("when", "dp"), [("between-rounds", False),
+                                          pytest.param("between-rounds", True, marks=pytest.mark.slow),
+                                          ("mid-round", True)])
 def test_killed_coordinator_resumes_without_losing_or_duplicating_anything(tmp_path, uninterrupted, when, dp):
     crashed = tmp_path / "crashed"
     settings = {**DP, "dp.enabled": dp}

@@ -30,7 +30,7 @@ from shared.errors import FedrecError
 from shared.ledger import read_jsonl
 from simulations.driver import simulate
 from simulations.faults import failing_partitions
-from tests.conftest import MODEL_AVERAGING, REPO
+from tests.support import MODEL_AVERAGING, REPO
 
 pytestmark = pytest.mark.slow
 BASE = {**{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in MODEL_AVERAGING.items()},

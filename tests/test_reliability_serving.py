@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import grpc
 import pytest
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,30 +18,19 @@ from client.serving import recommend_pb2 as pb
 from client.serving.client import RecommenderClient
 from client.serving.server import SERVICE, start_server
 from client.serving.source import ModelSource
-from shared.config import RunConfig
-from simulations.centralized import train_centralized
-from tests.conftest import MODEL_AVERAGING
 
-SMALL = {**MODEL_AVERAGING, "data.synthetic-users": 60, "data.synthetic-items": 120, "model.name": "gmf",
-         "train.epochs": 1, "eval.patience": 0,
-         "eval.full-rank": False}
 Code = grpc.StatusCode
 ALLOWED = {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.FAILED_PRECONDITION}
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("fuzz-serving")
-    train_centralized(RunConfig.from_mapping(SMALL), out, show_progress=False)
-    running = start_server(ModelSource(run=out).load)
+def served(small_run):
+    running = start_server(ModelSource(run=small_run).load)
     client = RecommenderClient(f"127.0.0.1:{running.port}")
     yield running, client
     client.close()
     running.stop(0)
-    torch.set_num_threads(threads)
 
 
 def status(call, payload) -> Code:

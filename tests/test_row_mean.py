@@ -8,7 +8,7 @@ import pytest
 from server.row_mean import changed_rows, row_mean
 from shared.config import RunConfig
 from shared.errors import ConfigError
-from tests.conftest import MODEL_AVERAGING
+from tests.support import MODEL_AVERAGING
 
 
 def test_rows_are_averaged_over_the_nodes_that_changed_them():
@@ -62,4 +62,4 @@ def test_row_mean_runs_through_the_coordinator_loop(tmp_path):
     losses = [r["train_loss"] for r in records]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert all(len(r["nodes"]) == 30 and not r.get("rejected") for r in records)
-    assert summary.test["hr10"] > 0
+    assert summary.test["hr10"] > 0.25  # 3 rounds learn: a random ranking of 100 candidates scores 0.10

@@ -16,12 +16,13 @@ from server.secagg import SecAggRun, check_config
 from shared.config import RunConfig
 from shared.errors import ConfigError
 from shared.ledger import read_jsonl, verify_chain
+from shared.secure_sum import quantization_levels
 from simulations.client_app import app as client_app
 from simulations.inprocess import InProcessGrid, simulation_node_configs
-from tests.conftest import MODEL_AVERAGING
-from tests.test_wire_privacy import WireRecorder
+from tests.support import MODEL_AVERAGING, WireRecorder
 
-CLIP, TARGET = 8.0, 2**22  # SecAggPlusWorkflow's clipping and quantization ranges (the defaults fedrec uses)
+# SecAggPlusWorkflow's clipping range, and the quantization fedrec uses for 3 connected nodes
+CLIP, TARGET = 8.0, quantization_levels(3)
 BASE = {**MODEL_AVERAGING,
         "data.synthetic-users": 240, "data.synthetic-items": 300, "model.name": "gmf", "train.lr": 0.01,
         "data.partitions": 3,

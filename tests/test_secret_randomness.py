@@ -17,8 +17,7 @@ from shared.datasets import synthetic_tables
 from shared.interactions import InteractionData
 from shared.secret_random import CSPRNGGaussian, SecretRandomness
 from shared.seeding import numpy_rng, torch_generator
-from tests.conftest import MODEL_AVERAGING
-from tests.test_federation import cfg_for, run_federation
+from tests.support import MODEL_AVERAGING, cfg_for, federate
 
 
 # --- the generator itself ----------------------------------------------------------------------
@@ -112,7 +111,7 @@ def test_poisson_batches_are_not_reproducible(node, monkeypatch):
 def released(tmp_path, name: str, **extra) -> dict[str, np.ndarray]:
     cfg = cfg_for(tmp_path / name, **{"federation.rounds": 2, "sim.node-state-dir": str(tmp_path / name / "nodes"),
                                       "eval.every": 2, **extra})
-    run_federation(cfg)
+    federate(cfg)
     return {k: v.numpy() for k, v in torch.load(tmp_path / name / "run" / "model.pt")["global"].items()}
 
 

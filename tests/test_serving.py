@@ -16,7 +16,6 @@ import time
 import grpc
 import numpy as np
 import pytest
-import torch
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,10 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client.serving.client import RecommenderClient
 from client.serving.server import SERVICE, start_server
 from client.serving.source import ModelSource
-from shared.config import RunConfig
 from shared.rundir import RunDirectory, load_model_payload
-from simulations.centralized import train_centralized
-from tests.conftest import MODEL_AVERAGING
+from tests.support import MODEL_AVERAGING, train_small
 
 SMALL = {**MODEL_AVERAGING, "data.synthetic-users": 120, "data.synthetic-items": 200, "model.name": "gmf",
          "train.epochs": 2, "eval.patience": 0,
@@ -39,12 +36,7 @@ Code = grpc.StatusCode
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("serving-run")
-    train_centralized(RunConfig.from_mapping(SMALL), out, show_progress=False)
-    yield out
-    torch.set_num_threads(threads)
+    return train_small(tmp_path_factory.mktemp("serving-run"), SMALL)
 
 
 @pytest.fixture(scope="module")

@@ -10,31 +10,19 @@ from pathlib import Path
 
 import grpc
 import pytest
-import torch
 
 from client.serving.client import RecommenderClient
 from client.serving.server import InsecureServingError, is_loopback, start_server
 from client.serving.source import ModelSource
 from deploy.certs import CertPaths, create_ca_and_server, issue_client_cert
-from shared.config import RunConfig
 from shared.errors import FedrecError
-from simulations.centralized import train_centralized
-from tests.conftest import MODEL_AVERAGING
 
-SMALL = {**MODEL_AVERAGING, "data.synthetic-users": 60, "data.synthetic-items": 120, "model.name": "gmf",
-         "train.epochs": 1, "eval.patience": 0,
-         "eval.full-rank": False}
 Code = grpc.StatusCode
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("tls-serving-run")
-    train_centralized(RunConfig.from_mapping(SMALL), out, show_progress=False)
-    yield out
-    torch.set_num_threads(threads)
+def run_dir(small_run) -> Path:
+    return small_run
 
 
 @pytest.fixture(scope="module")

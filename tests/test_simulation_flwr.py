@@ -8,7 +8,7 @@ import torch
 
 from shared.models import LOCAL_PREFIX
 from simulations.driver import superlink_pids
-from tests.conftest import MODEL_AVERAGING
+from tests.support import MODEL_AVERAGING
 
 
 def test_flwr_run_simulation_learns_and_cleans_up(tmp_path):

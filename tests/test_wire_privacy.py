@@ -17,8 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from flwr.app import Message
-from flwr.common.serde import message_from_proto, message_to_proto
 
 from deploy.demo_data import DemoData, prepare_nodes
 from server.loop import FederatedRun, initial_model
@@ -31,35 +29,12 @@ from shared.models import LOCAL_PREFIX
 from shared.synthetic import SyntheticSpec, generate
 from simulations.client_app import app as client_app
 from simulations.inprocess import InProcessGrid
-from tests.conftest import MODEL_AVERAGING
+from tests.support import MODEL_AVERAGING, WireRecorder
 
 SECAGG_STAGE_KEYS = {"secaggplus_configs", "fitres.metrics", "fitres.num_examples", "fitres.parameters",
                      "fitres.status"}
 TRAIN_METRICS = {"num-examples", "train-loss", "train-seconds", "steps", "node-weight", "epsilon", "delta"}
 EVAL_METRIC = re.compile(r"^(num-examples|node-weight|(val|test)-[a-z-]+-(sum|count)|(val|test)-count)$")
-
-
-class WireRecorder:
-    """Wrap a ClientApp: instructions and replies cross a protobuf round trip; reply bytes are kept."""
-
-    def __init__(self, app, state_dirs: dict[int, Path] | None = None) -> None:
-        self.app = app
-        self.sent: list[tuple[str, bytes, Message]] = []  # (instruction type, reply bytes, decoded reply)
-        self.state_dirs = state_dirs or {}
-        self.user_rows: list[np.ndarray] = []  # every user-embedding table a node held after a reply
-
-    def __call__(self, msg: Message, context) -> Message:
-        msg = message_from_proto(message_to_proto(msg))
-        reply = self.app(msg, context)
-        blob = message_to_proto(reply).SerializeToString()
-        self.sent.append((msg.metadata.message_type, blob, message_from_proto(message_to_proto(reply))))
-        for path in Path(self.state_dirs.get(context.node_id, "/nonexistent")).glob("*/user_emb.pt"):
-            state = torch.load(path, weights_only=True)["state"]
-            self.user_rows += [t.numpy() for k, t in state.items() if k.startswith(LOCAL_PREFIX)]
-        return message_from_proto(message_to_proto(reply))
-
-    def blob(self) -> bytes:
-        return b"".join(b for _, b, _ in self.sent)
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,17 @@ second run, or another benchmark using the same model, skips training.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from shared.config import RunConfig
 from shared.datasets import cache_dir
@@ -54,19 +60,28 @@ def trained_run(name: str, overrides: dict[str, Any]) -> Path:
     return out
 
 
+def benchmark_parser(doc: str | None, *, data_dir: bool = True) -> argparse.ArgumentParser:
+    """The arguments every benchmark takes: ``--out FILE.json`` and (reading data) ``--data-dir``."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    if data_dir:
+        parser.add_argument("--data-dir", default="../shared/data", help="where MovieLens lives (never copied)")
+    parser.add_argument("--out", required=True, help="JSON file to write (PNGs beside it)")
+    return parser
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
-    """A plain fixed-width table on stdout."""
+    """The benchmark's table on stdout (rich; numbers right-aligned, 4 decimals, tiny ones in 3 significant digits)."""
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return "nan" if math.isnan(v) else f"{v:.3g}" if 0 < abs(v) < 1e-3 else f"{v:.4f}"
         return str(v)
 
-    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print(title)
-    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for column in columns:
+        table.add_column(column, justify="right", overflow="fold")
+    for row in rows:
+        table.add_row(*(fmt(row.get(c, "")) for c in columns))
+    Console(width=max(160, shutil.get_terminal_size().columns)).print(table)
 
 
 def write_json(path: str | Path, doc: dict[str, Any]) -> None:

@@ -11,13 +11,12 @@ pretraining, 0.705 / 0.426 without; tuned MF (Rendle et al. 2020) 0.729 / 0.452.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
 from shared.config import RunConfig
-from simulations.benchmarks import NONPRIVATE, print_table, use_data_dir, write_json
+from simulations.benchmarks import NONPRIVATE, benchmark_parser, print_table, use_data_dir, write_json
 from simulations.centralized import train_centralized
 
 ANCHORS = {"neumf": "NCF NeuMF 0.730/0.447 (pretrained), 0.705/0.426 (no pretraining)",
@@ -50,9 +49,7 @@ def run(dataset: str, model: str, epochs: int, patience: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--out", required=True)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--datasets", default="ml-100k,ml-1m")
     parser.add_argument("--models", default="neumf,gmf,mlp")
     parser.add_argument("--epochs", type=int, default=15)

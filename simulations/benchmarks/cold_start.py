@@ -19,7 +19,6 @@ the known users only, about a minute); ML-100K uses :data:`ML100K_GMF`.
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
@@ -33,7 +32,7 @@ from shared.evaluation import score_all_items
 from shared.interactions import InteractionData
 from shared.models import build_model, merge_state
 from shared.seeding import numpy_rng
-from simulations.benchmarks import NONPRIVATE
+from simulations.benchmarks import NONPRIVATE, benchmark_parser
 
 GIVEN = (5, 10, 20)
 # ML-100K: the ML-1M settings with NCF's batch 256, lr 0.005 and 20 epochs (about 0.5 s per epoch on one core)
@@ -122,9 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from shared.datasets import load_tables
     from simulations.benchmarks import ML1M_GMF, print_table, use_data_dir, write_json
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--out", required=True)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--dataset", default="ml-1m", choices=("ml-100k", "ml-1m"))
     parser.add_argument("--share", type=float, default=0.1, help="share of users held out (default 0.1)")
     parser.add_argument("--epochs", type=int, default=0, help="training epochs (default: 20 on ML-100K, 10 on ML-1M)")

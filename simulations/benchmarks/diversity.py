@@ -17,7 +17,6 @@ Writes FILE.json, FILE.png (curves over λ) and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 from typing import Any
@@ -100,11 +99,9 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from client.serving.source import ModelSource
     from shared.datasets import load_tables
-    from simulations.benchmarks import ML1M_GMF, print_table, trained_run, use_data_dir, write_json
+    from simulations.benchmarks import ML1M_GMF, benchmark_parser, print_table, trained_run, use_data_dir, write_json
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--out", required=True)
+    parser = benchmark_parser(__doc__)
     args = parser.parse_args(argv)
     use_data_dir(args.data_dir)
     torch.set_num_threads(1)  # shared machines: one thread is faster than oversubscribed cores

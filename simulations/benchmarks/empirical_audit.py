@@ -14,7 +14,6 @@ here with the coordinator's noise), audited on the released global model.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from shared.config import RunConfig
-from simulations.benchmarks import print_table, use_data_dir, write_json
+from simulations.benchmarks import benchmark_parser, print_table, use_data_dir, write_json
 from simulations.privacy_audit import empirical_epsilon
 
 DATA = {
@@ -44,9 +43,7 @@ COMMON = {"eval.every": 10, "eval.patience": 0, "eval.full-rank": False, "dp.uni
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--out", required=True)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--datasets", default="synthetic,ml100k")
     parser.add_argument("--settings", default="audit")
     parser.add_argument("--epsilons", default="1,8,inf")

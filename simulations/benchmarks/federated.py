@@ -17,7 +17,6 @@ round/epoch. Wall times include evaluation.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from shared.config import RunConfig
-from simulations.benchmarks import NONPRIVATE, print_table, use_data_dir, write_json
+from simulations.benchmarks import NONPRIVATE, benchmark_parser, print_table, use_data_dir, write_json
 from simulations.benchmarks.common import run_federation_inprocess
 from simulations.centralized import train_centralized
 from simulations.driver import simulate
@@ -83,9 +82,7 @@ def cross_device(rounds: int, out_dir: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--out", required=True)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--scenarios", default="silos,cross-device")
     parser.add_argument("--silo-rounds", type=int, default=15)
     parser.add_argument("--cross-device-rounds", type=int, default=100)

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import tempfile
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from deploy.processes import descendants
-from simulations.benchmarks import NONPRIVATE
+from simulations.benchmarks import NONPRIVATE, benchmark_parser
 
 SILO_RUN = {**NONPRIVATE,
             "federation.rounds": 1, "dp.enabled": True, "federation.min-nodes": 1, "federation.fraction-evaluate": 1.0,
@@ -163,9 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from simulations.benchmarks import print_table, use_data_dir, write_json
     from simulations.driver import preset_path
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--out", required=True)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--parts", default="rss,compression", help="comma-separated: rss, compression")
     parser.add_argument("--ml1m", action="store_true", help="also measure compression on ML-1M (10 silos)")
     parser.add_argument("--ml1m-rounds", type=int, default=3)

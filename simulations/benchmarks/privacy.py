@@ -20,7 +20,6 @@ Writes JSON (one object per point) and a PNG of all curves beside it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import tempfile
@@ -31,7 +30,7 @@ import torch
 
 from shared.config import RunConfig, parse_assignments
 from shared.ledger import read_jsonl
-from simulations.benchmarks import print_table, use_data_dir, write_json
+from simulations.benchmarks import benchmark_parser, print_table, use_data_dir, write_json
 from simulations.benchmarks.common import finished_run, node_peak_rss, run_federation_inprocess
 from simulations.benchmarks.floors import floor_point
 
@@ -119,9 +118,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--out", required=True)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--units", default="user", help="user (the interaction unit: local-sgd with --set)")
     parser.add_argument("--mechanisms", default=",".join([*MECHANISMS, *FLOORS]))
     parser.add_argument("--epsilons", default="1,2,4,8,inf")

@@ -19,7 +19,6 @@ covered by ``tests/test_reliability_flwr.py``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 
 from shared.config import RunConfig
-from simulations.benchmarks import NONPRIVATE, print_table, use_data_dir, write_json
+from simulations.benchmarks import NONPRIVATE, benchmark_parser, print_table, use_data_dir, write_json
 
 DROPOUT_BASE = {**NONPRIVATE,
                 "data.path": "movielens:ml-100k", "data.partitioner": "silos", "data.partitions": 10,
@@ -139,9 +138,7 @@ def poisoning(base: dict[str, Any], defenses: dict[str, dict], boosts: list[floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default="../shared/data")
-    parser.add_argument("--out", required=True)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--scenarios", default="dropout,poisoning")
     parser.add_argument("--rates", default="0,0.1,0.3,0.5")
     parser.add_argument("--modes", default="crash,late")

@@ -15,7 +15,6 @@ warm-up pass (allocator effects make a process's first large draws up to 2x slow
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 from shared.config import RunConfig
 from shared.models import build_model, global_state
 from shared.secret_random import SecretRandomness
-from simulations.benchmarks import print_table, write_json
+from simulations.benchmarks import benchmark_parser, print_table, write_json
 
 N_ITEMS, N_USERS = 3706, 604  # ML-1M catalog; one of 10 silos
 
@@ -83,8 +82,7 @@ def dp_step_ms(model: str, repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True)
+    parser = benchmark_parser(__doc__, data_dir=False)
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -16,7 +16,6 @@ Goals (issue 5): in-process p50 ≤ 1 ms, gRPC p50 ≤ 5 ms, all users ≤ 2 s.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
@@ -125,11 +124,9 @@ def grpc_throughput(target: str, users: list[str], clients: int, seconds: float)
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from client.serving.source import ModelSource
-    from simulations.benchmarks import ML1M_GMF, print_table, trained_run, use_data_dir, write_json
+    from simulations.benchmarks import ML1M_GMF, benchmark_parser, print_table, trained_run, use_data_dir, write_json
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--out", required=True)
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--requests", type=int, default=2000, help="timed single-user requests (each path)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent gRPC clients for throughput")
     parser.add_argument("--seconds", type=float, default=5.0, help="throughput measurement time")
