@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import torch
 
 from client.cold_start import DEFAULT_SETTINGS, ColdStartSettings, fit_cold_users
 from client.diversity import mmr_rerank, pool_size, popularity_prior, unit_rows
@@ -25,7 +24,7 @@ from shared import metrics
 from shared.config import RunConfig
 from shared.interactions import InteractionData
 from shared.models import Recommender, global_state
-from shared.models.towers import GMF
+from shared.models.scoring import CatalogScorer
 
 MAX_K = 1000
 SCORE_BLOCK = 4_000_000  # scores per user block (float32: 16 MB)
@@ -51,30 +50,6 @@ def everything_seen(data: InteractionData) -> tuple[np.ndarray, np.ndarray]:
     return indptr, items[keep][order].astype(np.int64)
 
 
-class _Scorer:
-    """Logits of user vectors against the whole catalog, (B, n_items) float32 — what ``model.forward`` gives."""
-
-    def __init__(self, model: Recommender) -> None:
-        self.model = model
-        with torch.no_grad():
-            self.items = {name: t.weight.detach().unsqueeze(0) for name, t in model.item_emb.items()}
-            item_bias = getattr(model, "item_bias", None)  # optional per-item logit offset
-            self.offset = item_bias.weight.detach()[:, 0].numpy() if item_bias is not None else np.float32(0)
-            self.gmf = None
-            if isinstance(model, GMF):
-                h = model.out.weight.detach()[0]
-                self.gmf = (model.item_emb["gmf"].weight.detach() * h).T.contiguous().numpy()
-                self.offset = (self.offset + model.out.bias.detach().numpy()).astype(np.float32)
-
-    @torch.no_grad()
-    def __call__(self, users: dict[str, torch.Tensor]) -> np.ndarray:
-        if self.gmf is not None:
-            return users["gmf"][:, 0, :].numpy() @ self.gmf + self.offset
-        n = next(iter(users.values())).shape[0]
-        items = {name: v.expand(n, -1, -1) for name, v in self.items.items()}
-        return self.model.score(users, items).numpy() + self.offset
-
-
 @dataclass(frozen=True, eq=False)
 class NodeRecommender:
     """Everything needed to rank the catalog for this node's users (and for cold users)."""
@@ -96,23 +71,14 @@ class NodeRecommender:
         if len(self.item_ids) != self.model.n_items:
             raise ValueError(f"{len(self.item_ids)} catalog items but the model has {self.model.n_items}")
         self._derived.update(
-            scorer=_Scorer(self.model),
+            scorer=CatalogScorer(self.model),
             user_index={u: i for i, u in enumerate(self.user_ids)},
             item_index={p: i for i, p in enumerate(self.item_ids)},
             unit=unit_rows(self.model.item_representation().numpy()),
             popularity=popularity_prior(self.item_counts),
             global_part=global_state(self.model),
         )
-        self._check_scorer()
-
-    def _check_scorer(self) -> None:
-        """The fast scorer must reproduce ``model.forward`` (guards against model changes it does not know)."""
-        with torch.no_grad():
-            first = torch.zeros(1, dtype=torch.long)
-            want = self.model(first, torch.arange(self.n_items).unsqueeze(0)).numpy()
-            got = self._derived["scorer"]({n: t.weight[first].unsqueeze(1) for n, t in self.model.user_emb.items()})
-        if not np.allclose(got, want, rtol=1e-4, atol=1e-4):
-            raise ValueError(f"fast scoring disagrees with {type(self.model).__name__}.forward (client/recommender.py)")
+        self._derived["scorer"].check()  # guards against model changes the fast path does not know
 
     @classmethod
     def build(cls, cfg: RunConfig, model: Recommender, data: InteractionData, item_ids, *, version: str = "",
@@ -161,15 +127,12 @@ class NodeRecommender:
             raise ValueError(f"user rows must lie in [0, {self.n_users})")
         items = np.full((len(users), k), -1, np.int64)
         scores = np.full((len(users), k), np.nan, np.float32)
-        tables = self.model.user_emb
         block = max(1, SCORE_BLOCK // max(self.n_items, 1))
         for s in range(0, len(users), block):
             rows = users[s : s + block]
-            with torch.no_grad():
-                vecs = {name: t.weight[torch.from_numpy(rows)].unsqueeze(1) for name, t in tables.items()}
             excl = _rows_csr(self.seen_indptr, self.seen_items, rows) if exclude_seen else None
             items[s : s + block], scores[s : s + block] = self._rank(
-                self._derived["scorer"](vecs), excl, k, diversity, popularity_penalty)
+                self._derived["scorer"].rows(rows), excl, k, diversity, popularity_penalty)
         return Recommendations(items, scores)
 
     def recommend_cold(self, interactions: np.ndarray, k: int = 10, *, diversity: float = 0.0,

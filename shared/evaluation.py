@@ -23,6 +23,8 @@ import torch
 from shared import metrics
 from shared.interactions import InteractionData
 from shared.losses import PerSampleMSE
+from shared.models.base import Recommender
+from shared.models.scoring import CatalogScorer
 
 
 @dataclass
@@ -102,19 +104,19 @@ def score_pairs(model: torch.nn.Module, users: np.ndarray, items: np.ndarray, ch
 
 
 @torch.no_grad()
-def score_all_items(model: torch.nn.Module, users: np.ndarray, chunk: int | None = None
+def score_all_items(model: Recommender, users: np.ndarray, chunk: int | None = None
                     ) -> Iterator[tuple[slice, np.ndarray]]:
-    """Yield (slice into ``users``, logits (c, n_items)) over the whole catalog.
+    """Yield (slice into ``users``, logits (c, n_items)) over the whole catalog (:class:`CatalogScorer`).
 
     By default a chunk holds about 65k (user, item) pairs, which bounds the memory of
     the model's intermediate activations on edge devices.
     """
     model.eval()
+    scorer = CatalogScorer(model)
     chunk = chunk or max(1, 65536 // max(model.n_items, 1))
-    all_items = torch.arange(model.n_items).unsqueeze(0)
     for s in range(0, len(users), chunk):
-        u = torch.from_numpy(users[s : s + chunk])
-        yield slice(s, s + len(u)), model(u, all_items.expand(len(u), -1)).numpy()
+        rows = users[s : s + chunk]
+        yield slice(s, s + len(rows)), scorer.rows(rows)
 
 
 def evaluate_ranking(
@@ -152,11 +154,22 @@ def evaluate_ranking(
         sums.ndcg_full += float(metrics.ndcg(r, k).sum())
         top = metrics.top_k(block, k, sub_ptr, sub_items)
         recommended[top[top >= 0]] = True
-        sums.ild += float(metrics.intra_list_diversity(top, item_vecs).sum())
-        sums.novelty += float(metrics.novelty(top, pop).sum())
+        local, ids = _catalog_subset(top)  # ILD and novelty read only the listed items: O(k), not O(catalog)
+        if ids.size:
+            sums.ild += float(metrics.intra_list_diversity(local, item_vecs[ids]).sum())
+            sums.novelty += float(metrics.novelty(local, pop[ids]).sum())
     sums.full_count = len(users)
     sums.recommended = recommended
     return sums
+
+
+def _catalog_subset(top: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``top`` re-indexed into ``ids`` (the distinct catalog rows it lists, ascending); -1 padding kept."""
+    valid = top >= 0
+    ids, inverse = np.unique(top[valid], return_inverse=True)
+    local = np.full_like(top, -1)
+    local[valid] = inverse
+    return local, ids
 
 
 def evaluate_rating(

@@ -9,15 +9,19 @@
   in-process Grid and on Flower's simulation engine (Ray, ``flwr run``): per-round wall seconds and the peak RSS
   of the process that holds the coordinator (in-process: the whole federation).
 
+- ``quality``: dense and sparse trained for ``--quality-rounds`` rounds at ``--quality-items`` items: HR@10 and
+  NDCG@10 (99 sampled negatives) of each, which must agree (the sparse encoding is exact).
+
 Each cost is fitted on log-log axes (slope = how it grows) and printed with the table.
 
     python -m simulations.benchmarks.scale --out /tmp/scale.json [--items 4000,100000,1000000]
-        [--nodes 10,1000,10000] [--ray-nodes 10,1000] [--work-dir DIR]
+        [--nodes 10,1000,10000] [--ray-nodes 10,1000] [--quality-items 100000 --quality-rounds 10] [--work-dir DIR]
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -52,6 +56,12 @@ def catalog_dataset(n_items: int, work: Path, *, users: int = 10 * USERS_PER_NOD
     return out
 
 
+def fresh(run_dir: Path) -> Path:
+    """``run_dir`` emptied: the benchmark owns its work directory and measures every point again."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return run_dir
+
+
 def point(sweep: str, runtime: str, mode: str, items: int, nodes: int, records: list[dict], **extra) -> dict:
     rec = records[0]
     return {"sweep": sweep, "runtime": runtime, "mode": mode, "items": items, "nodes": nodes,
@@ -67,7 +77,7 @@ def items_sweep(sizes: list[int], work: Path) -> list[dict]:
     if not sizes:
         return rows
     warm = RunConfig.from_mapping({**ITEMS_RUN, "data.path": str(catalog_dataset(min(sizes), work))})
-    run_federation_inprocess(warm, work / "warm-up")  # first-call costs (imports, allocator) stay out of the table
+    run_federation_inprocess(warm, fresh(work / "warm-up"))  # first-call costs (imports, allocator) stay out
     for n_items in sizes:
         path = catalog_dataset(n_items, work)
         node_rss = None
@@ -75,12 +85,27 @@ def items_sweep(sizes: list[int], work: Path) -> list[dict]:
             cfg = RunConfig.from_mapping({**ITEMS_RUN, "data.path": str(path), "transport.item-updates": mode})
             if node_rss is None:  # a node trains a dense table either way: one measurement per catalog
                 node_rss = node_peak_rss(cfg)
-            summary, records, wall = run_federation_inprocess(cfg, work / f"items-{n_items}-{mode}")
+            summary, records, wall = run_federation_inprocess(cfg, fresh(work / f"items-{n_items}-{mode}"))
             rows.append(point("items", "inprocess", mode, n_items, 10, records, node_peak_rss_mb=node_rss,
                               coordinator_peak_rss_mb=peak_rss_mb(), hr10=summary.test["hr10"],
                               wall_seconds=wall))
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def quality(n_items: int, rounds: int, work: Path) -> list[dict]:
+    """HR@10 (sampled, 99 negatives) of dense and sparse training over ``rounds`` rounds at ``n_items`` items."""
+    out = []
+    for mode in ("dense", "sparse"):
+        cfg = RunConfig.from_mapping({**ITEMS_RUN, "data.path": str(catalog_dataset(n_items, work)),
+                                      "transport.item-updates": mode, "federation.rounds": rounds})
+        summary, records, wall = run_federation_inprocess(cfg, fresh(work / f"quality-{n_items}-{mode}"))
+        up = float(np.mean([r["bytes_up_per_node"] for r in records]))
+        out.append({"mode": mode, "items": n_items, "rounds": rounds, "best_round": summary.best_round,
+                    "hr10": summary.test["hr10"], "ndcg10": summary.test["ndcg10"],
+                    "bytes_up_per_node_round": up, "wall_seconds": wall})
+        print(json.dumps(out[-1]), flush=True)
+    return out
 
 
 def nodes_run(nodes: int) -> RunConfig:
@@ -91,9 +116,9 @@ def nodes_run(nodes: int) -> RunConfig:
 def nodes_sweep(sizes: list[int], ray_sizes: list[int], work: Path) -> list[dict]:
     rows = []
     if sizes:
-        run_federation_inprocess(nodes_run(min(sizes)), work / "warm-up-nodes")
+        run_federation_inprocess(nodes_run(min(sizes)), fresh(work / "warm-up-nodes"))
     for nodes in sizes:
-        _, records, wall = run_federation_inprocess(nodes_run(nodes), work / f"nodes-{nodes}-inprocess")
+        _, records, wall = run_federation_inprocess(nodes_run(nodes), fresh(work / f"nodes-{nodes}-inprocess"))
         rows.append(point("nodes", "inprocess", "sparse", 1682, nodes, records, wall_seconds=wall,
                           coordinator_peak_rss_mb=peak_rss_mb(), node_peak_rss_mb=None))
         print(json.dumps(rows[-1]), flush=True)
@@ -111,7 +136,7 @@ def ray_point(nodes: int, work: Path) -> dict:
 
     from simulations.driver import simulate
 
-    run_dir = work / f"nodes-{nodes}-ray"
+    run_dir = fresh(work / f"nodes-{nodes}-ray")
     peak = {"mb": 0.0}
     done = threading.Event()
 
@@ -189,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", default="4000,100000,1000000")
     parser.add_argument("--nodes", default="10,1000,10000")
     parser.add_argument("--ray-nodes", default="10,1000")
+    parser.add_argument("--quality-items", type=int, default=100000, help="catalog of the dense-vs-sparse HR check")
+    parser.add_argument("--quality-rounds", type=int, default=10, help="rounds of that check (0: skip it)")
     parser.add_argument("--work-dir", default=None, help="keep datasets and runs here (default: a temp dir)")
     args = parser.parse_args(argv)
     import tempfile
@@ -196,14 +223,19 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fedrec-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = items_sweep(_ints(args.items), work) + nodes_sweep(_ints(args.nodes), _ints(args.ray_nodes), work)
+    checks = quality(args.quality_items, args.quality_rounds, work) if args.quality_rounds else []
     fits = slopes(rows)
     columns = ["sweep", "runtime", "mode", "items", "nodes", "bytes_up_per_node_round", "bytes_down_per_node_round",
                "node_round_seconds", "aggregation_seconds", "round_wall_seconds", "node_peak_rss_mb",
                "coordinator_peak_rss_mb"]
     print_table(rows, columns, "Cost of one round (GMF 32, non-private)")
     print_table(fits, ["sweep", "runtime", "mode", "cost", "slope"], "log-log slopes (1 = linear)")
+    if checks:
+        print_table(checks, ["mode", "items", "rounds", "best_round", "hr10", "ndcg10", "bytes_up_per_node_round"],
+                    "dense vs sparse: the same model")
     out = Path(args.out)
-    write_json(out, {"points": rows, "slopes": fits, "command": "python -m simulations.benchmarks.scale",
+    write_json(out, {"points": rows, "slopes": fits, "quality": checks,
+                     "command": "python -m simulations.benchmarks.scale",
                      "settings": {"items_run": ITEMS_RUN, "nodes_run": NODES_RUN, "users_per_node": USERS_PER_NODE}})
     plot(rows, out.with_suffix(".png"))
 
