@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import subprocess
@@ -92,6 +93,19 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak: Linux resets this process's VmHWM to its current RSS (``clear_refs`` 5); else no-op."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB (Linux ``ru_maxrss`` is in KiB)."""
+    """Peak resident set size of this process in MB since the last :func:`reset_peak_rss` (Linux VmHWM).
+
+    Elsewhere: ``ru_maxrss``, the peak since the process started.
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -31,7 +31,7 @@ from shared import prepared, synthetic
 from shared.config import RunConfig
 from shared.datasets import synthetic_keys
 from simulations.benchmarks import NONPRIVATE, benchmark_parser, print_table, write_json
-from simulations.benchmarks.common import node_peak_rss, peak_rss_mb, run_federation_inprocess
+from simulations.benchmarks.common import node_peak_rss, peak_rss_mb, reset_peak_rss, run_federation_inprocess
 
 ITEMS_RUN = {**NONPRIVATE, "model.name": "gmf", "model.embedding-dim": 32, "data.partitions": 10,
              "federation.min-nodes": 10, "federation.rounds": 1, "eval.full-rank": False, "eval.patience": 0,
@@ -85,6 +85,7 @@ def items_sweep(sizes: list[int], work: Path) -> list[dict]:
             cfg = RunConfig.from_mapping({**ITEMS_RUN, "data.path": str(path), "transport.item-updates": mode})
             if node_rss is None:  # a node trains a dense table either way: one measurement per catalog
                 node_rss = node_peak_rss(cfg)
+            reset_peak_rss()
             summary, records, wall = run_federation_inprocess(cfg, fresh(work / f"items-{n_items}-{mode}"))
             rows.append(point("items", "inprocess", mode, n_items, 10, records, node_peak_rss_mb=node_rss,
                               coordinator_peak_rss_mb=peak_rss_mb(), hr10=summary.test["hr10"],
@@ -118,6 +119,7 @@ def nodes_sweep(sizes: list[int], ray_sizes: list[int], work: Path) -> list[dict
     if sizes:
         run_federation_inprocess(nodes_run(min(sizes)), fresh(work / "warm-up-nodes"))
     for nodes in sizes:
+        reset_peak_rss()
         _, records, wall = run_federation_inprocess(nodes_run(nodes), fresh(work / f"nodes-{nodes}-inprocess"))
         rows.append(point("nodes", "inprocess", "sparse", 1682, nodes, records, wall_seconds=wall,
                           coordinator_peak_rss_mb=peak_rss_mb(), node_peak_rss_mb=None))
