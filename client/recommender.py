@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from client.catalog_index import CatalogIndex
 from client.cold_start import DEFAULT_SETTINGS, ColdStartSettings, fit_cold_users
 from client.diversity import mmr_rerank, pool_size, popularity_prior, unit_rows
 from shared import metrics
@@ -115,16 +116,20 @@ class NodeRecommender:
 
     # ------------------------------------------------------------------------------------------------
     def recommend(self, users: np.ndarray, k: int = 10, *, exclude_seen: bool = True, diversity: float = 0.0,
-                  popularity_penalty: float = 0.0) -> Recommendations:
+                  popularity_penalty: float = 0.0, approximate: bool = False) -> Recommendations:
         """Top-``k`` for the given user rows (all users: ``np.arange(n_users)``).
 
         Excluded items never appear; rows run out (-1 padding) only when fewer
         than ``k`` items are left. Deterministic: ties go to the lower catalog row.
+        ``approximate``: candidates from the IVF index (:mod:`client.catalog_index`, GMF only, no re-ranking);
+        scores stay exact, an item outside the probed lists can be missed.
         """
         users = np.asarray(users, dtype=np.int64)
         _check(k, diversity, popularity_penalty)
         if users.size and (users.min() < 0 or users.max() >= self.n_users):
             raise ValueError(f"user rows must lie in [0, {self.n_users})")
+        if approximate:
+            return self._recommend_approximate(users, k, exclude_seen, diversity, popularity_penalty)
         items = np.full((len(users), k), -1, np.int64)
         scores = np.full((len(users), k), np.nan, np.float32)
         block = max(1, SCORE_BLOCK // max(self.n_items, 1))
@@ -133,6 +138,22 @@ class NodeRecommender:
             excl = _rows_csr(self.seen_indptr, self.seen_items, rows) if exclude_seen else None
             items[s : s + block], scores[s : s + block] = self._rank(
                 self._derived["scorer"].rows(rows), excl, k, diversity, popularity_penalty)
+        return Recommendations(items, scores)
+
+    def _recommend_approximate(self, users: np.ndarray, k: int, exclude_seen: bool, diversity: float,
+                               penalty: float) -> Recommendations:
+        scorer = self._derived["scorer"]
+        if scorer.gmf is None or diversity or penalty:
+            raise ValueError("approximate top-K needs a GMF model and no diversity or popularity re-ranking")
+        if "index" not in self._derived:  # built once per loaded model (a reload builds a new recommender)
+            self._derived["index"] = CatalogIndex.build(scorer.gmf, scorer.offset)
+        index: CatalogIndex = self._derived["index"]
+        items = np.full((len(users), k), -1, np.int64)
+        scores = np.full((len(users), k), np.nan, np.float32)
+        vectors = self.model.user_emb["gmf"].weight.detach().numpy()
+        for i, row in enumerate(users):
+            seen = self.seen_items[self.seen_indptr[row] : self.seen_indptr[row + 1]] if exclude_seen else None
+            items[i], scores[i] = index.top_k(vectors[row], k, seen)
         return Recommendations(items, scores)
 
     def recommend_cold(self, interactions: np.ndarray, k: int = 10, *, diversity: float = 0.0,

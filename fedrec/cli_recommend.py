@@ -92,11 +92,16 @@ def register(app: typer.Typer) -> None:
         diversity: Annotated[float, typer.Option(help="MMR trade-off λ in [0, 1] (0 = plain top-K).")] = 0.0,
         popularity_penalty: Annotated[float, typer.Option(help="Novelty: penalty β >= 0 on popularity.")] = 0.0,
         include_seen: Annotated[bool, typer.Option(help="Allow items the user already has.")] = False,
+        approximate: Annotated[bool, typer.Option(
+            help="IVF approximate top-K for large catalogs (GMF, no --diversity/--popularity-penalty): exact "
+                 "scores, candidates from the best k-means lists of items.")] = False,
     ) -> None:
         """Top-K per local user, in pseudonyms (reveal them with `fedrec data reveal`)."""
         if out.suffix.lower() not in FORMATS:
             raise FedrecError(f"--out must end in {', '.join(FORMATS)}, got {out.name!r}")
         _check_options(k, diversity, popularity_penalty)
+        if approximate and (diversity or popularity_penalty):
+            raise FedrecError("--approximate ranks plain top-K: drop --diversity and --popularity-penalty")
         wanted = read_user_list(users) if users is not None else None
         source = _source(run, partition, model, data, state_dir, run_key)
         t0 = time.perf_counter()
@@ -109,8 +114,10 @@ def register(app: typer.Typer) -> None:
             else:
                 rows = np.array([r for u in wanted if (r := rec.user_row(u)) is not None], dtype=np.int64)
                 found.update(rec.user_ids[rows])
+            if approximate and rec.cfg.model.name != "gmf":
+                raise FedrecError(f"--approximate needs a GMF model; this run's model is {rec.cfg.model.name}")
             recs = rec.recommend(rows, k, exclude_seen=not include_seen, diversity=diversity,
-                                 popularity_penalty=popularity_penalty)
+                                 popularity_penalty=popularity_penalty, approximate=approximate)
             frames.append(rec.to_frame(rows, recs))
         if wanted is not None and len(found) < len(wanted):
             missing = [u for u in wanted if u not in found]

@@ -58,7 +58,9 @@ def configuration_page() -> str:
            "or `flwr run . --run-config`. Every value is validated once, into `shared.config.RunConfig`; a bad "
            "value or an unknown key is refused with its name. `0` or `\"\"` means *not set*: the documented "
            "default applies. The flat keys of earlier versions (`target-epsilon`, `num-server-rounds`, ...) "
-           "still load, each mapped to its new name with a deprecation warning.\n\n"]
+           "still load in `fedrec simulate`/`train` and presets, each mapped to its new name with a deprecation "
+           "warning; `flwr run --run-config` takes only the grouped keys (Flower refuses keys that "
+           "`pyproject.toml` does not declare).\n\n"]
     keys = RunConfig.keys()
     sections: dict[str | None, list[str]] = {}
     for key, (group, f) in keys.items():

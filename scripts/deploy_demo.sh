@@ -102,12 +102,12 @@ flwr supernode list "$CONN"
 
 echo "== 7. flwr run (the coordinator needs only the item catalog)"
 cat >"$WORK/run-config.toml" <<EOF
-num-server-rounds = $ROUNDS
-min-nodes = 2
-dp = $DP
-secure-aggregation = $SECAGG
-catalog-path = "$WORK/data/coordinator/catalog.parquet"
-run-dir = "$WORK/run"
+federation.rounds = $ROUNDS
+federation.min-nodes = 2
+dp.enabled = $DP
+transport.secure-aggregation = $SECAGG
+data.catalog-path = "$WORK/data/coordinator/catalog.parquet"
+federation.run-dir = "$WORK/run"
 EOF
 flwr run "$REPO" "$CONN" --stream --run-config "$WORK/run-config.toml" 2>&1 | tee "$WORK/logs/flwr-run.log"
 

@@ -317,3 +317,34 @@ def test_reveal_adds_movielens_titles(ml100k, tmp_path, monkeypatch):
     reveal(tmp_path / "r.csv", dataset=dataset, keys_dir=keys, out=tmp_path / "raw.json", titles=ml100k / "u.item")
     frame = pd.read_json(tmp_path / "raw.json", dtype=False)
     assert list(frame["raw_item"]) == ["1", "1"] and set(frame["title"]) == {"Toy Story (1995)"}
+
+
+def test_approximate_top_k_keeps_exclusions_and_is_exact_on_a_small_catalog(runs):
+    rec = ModelSource(run=runs["gmf"]).load()
+    users = np.arange(rec.n_users)
+    exact, approx = rec.recommend(users, 10).items, rec.recommend(users, 10, approximate=True).items
+    for u in users:
+        seen = set(rec.seen_items[rec.seen_indptr[u] : rec.seen_indptr[u + 1]])
+        assert not seen & set(approx[u][approx[u] >= 0])
+    np.testing.assert_array_equal(approx, exact)  # under 4,096 items the index probes every list
+    with pytest.raises(ValueError, match="GMF"):
+        ModelSource(run=runs["neumf"]).load().recommend(users[:1], 10, approximate=True)
+    with pytest.raises(ValueError, match="diversity"):
+        rec.recommend(users[:1], 10, diversity=0.5, approximate=True)
+
+
+def test_cli_recommend_approximate_is_exact_on_a_small_catalog_and_refuses_what_it_cannot_rank(
+        runs, tmp_path, monkeypatch):
+    from client.data_owner import read_result
+
+    exact, approx = tmp_path / "exact.csv", tmp_path / "approx.csv"
+    assert run_cli(monkeypatch, "recommend", "--run", runs["gmf"], "--k", 5, "--out", exact) == 0
+    assert run_cli(monkeypatch, "recommend", "--run", runs["gmf"], "--k", 5, "--approximate", "--out", approx) == 0
+    a, e = read_result(approx), read_result(exact)  # under 4,096 items every list is probed: exact
+    assert list(a["item"]) == list(e["item"])
+    np.testing.assert_allclose(a["score"].astype(float), e["score"].astype(float), rtol=1e-4, atol=1e-5)
+    refused = tmp_path / "refused.csv"
+    assert run_cli(monkeypatch, "recommend", "--run", runs["neumf"], "--approximate", "--out", refused) == 2
+    assert run_cli(monkeypatch, "recommend", "--run", runs["gmf"], "--approximate", "--diversity", "0.3",
+                   "--out", refused) == 2
+    assert not refused.exists()

@@ -71,7 +71,8 @@ def test_late_nodes_through_the_flower_runtime(tmp_path):
     run = tmp_path / "run"
     result = simulate("synthetic", {**BASE, "federation.rounds": "2", "sim.fault-dropout": "0.5",
                                     "sim.fault-mode": "late",
-                                    "federation.round-timeout": "20", "dp.enabled": "true", "dp.target-epsilon": "3.0"},
+                                    # 60 s: a fresh Ray ClientApp process with DP needs more than 20 s here
+                                    "federation.round-timeout": "60", "dp.enabled": "true", "dp.target-epsilon": "3.0"},
                       run, show_progress=False)
     assert result.summary["rounds_run"] == 2
     for r in metrics(run):
