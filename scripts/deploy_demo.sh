@@ -2,7 +2,10 @@
 # fedrec deployment demo on one machine: the steps of the README's Deployment section, end to end.
 #
 #   scripts/deploy_demo.sh [WORKDIR]        (default: runs/deploy-demo; must not exist)
-#   ROUNDS=3 DP=true SECAGG=false KEEP=0 scripts/deploy_demo.sh /tmp/demo
+#   ROUNDS=3 DP=true SECAGG=false KEEP=0 FLOOR_BELOW=10000.0 scripts/deploy_demo.sh /tmp/demo
+#
+# The demo's 400 users are fewer than dp.floor-below (10,000): with DP the run releases the private floor model
+# and trains no round; FLOOR_BELOW=0.0 trains anyway (to watch SecAgg+ rounds).
 #
 # Certificates -> demo data -> SuperLink (TLS, SuperNode auth, no runtime installs) -> register node keys ->
 # two SuperNodes -> `flwr run` -> logs -> run directory -> `fedrec audit`. Every process runs in its own session
@@ -108,6 +111,7 @@ dp.enabled = $DP
 transport.secure-aggregation = $SECAGG
 data.catalog-path = "$WORK/data/coordinator/catalog.parquet"
 federation.run-dir = "$WORK/run"
+dp.floor-below = ${FLOOR_BELOW:-10000.0}
 EOF
 flwr run "$REPO" "$CONN" --stream --run-config "$WORK/run-config.toml" 2>&1 | tee "$WORK/logs/flwr-run.log"
 

@@ -223,6 +223,9 @@ class SecAggReleases(ReleaseRun):
         check_config(cfg)
         super().__init__(cfg, grid, flower_run_id)
 
+    def _record(self, rnd: int, report: RoundReport) -> dict[str, Any]:
+        return {**super()._record(rnd, report), "secure_aggregation": True}  # as SecAgg+ model averaging records
+
     def _sum(self, rnd: int, arrays: ArrayRecord, reference: dict[str, np.ndarray], config: dict[str, Any]):
         cfg = self.cfg
         available = len(wait_for_nodes(self.grid, cfg))

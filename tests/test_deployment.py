@@ -148,7 +148,8 @@ def test_node_restart_keeps_user_embeddings_and_spent_budget(tmp_path):
 def test_demo_script_with_secure_aggregation(tmp_path):
     """scripts/deploy_demo.sh end to end (about 2-3 minutes): SecAgg+ over real processes, audit, cleanup."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "deploy_demo.sh"
-    env = {**os.environ, "SECAGG": "true", "ROUNDS": "2", "FEDREC_BIN": str(Path(sys.executable).parent)}
+    env = {**os.environ, "SECAGG": "true", "ROUNDS": "2", "FLOOR_BELOW": "0.0",  # train rounds despite 400 users
+           "FEDREC_BIN": str(Path(sys.executable).parent)}
     out = subprocess.run(["bash", str(script), str(tmp_path / "demo")], capture_output=True, text=True, env=env,
                          check=False, stdin=subprocess.DEVNULL)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
