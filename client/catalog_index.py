@@ -67,8 +67,7 @@ class CatalogIndex:
         q = np.append(np.asarray(user, np.float32), np.float32(1.0))
         probes = min(self.probes, len(self.centroids))
         best = np.argpartition(-(self.centroids @ q), probes - 1)[:probes]
-        spans = [np.arange(self.ptr[c], self.ptr[c + 1]) for c in best]
-        pos = np.concatenate(spans) if spans else np.zeros(0, np.int64)
+        pos = np.concatenate([np.arange(self.ptr[c], self.ptr[c + 1]) for c in best])  # probes >= 1
         items = self.order[pos]
         scores = self.vectors[pos] @ q
         if excluded is not None and len(excluded):

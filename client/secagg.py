@@ -52,7 +52,7 @@ class FedrecNumPyClient(NumPyClient):
         global_part = OrderedDict((k, torch.from_numpy(np.array(a))) for k, a in zip(keys, parameters, strict=True))
         update = train_locally(dict(config), global_part, self.context)
         # float64: SecAgg+ computes (value * n / max_weight + 8) * Q / 16 in the arrays' dtype, and float32
-        # resolves only ~1e-6 near 8, coarser than the 2^29-level quantization the coordinator asks for
+        # resolves only ~1e-6 near 8, coarser than the (up to 2^30-level) quantization the coordinator asks for
         arrays = [update.global_part[k].detach().numpy().astype(np.float64) for k in keys]
         peak = max((float(np.abs(a).max()) for a in arrays if a.size), default=0.0)
         if peak > CLIPPING_RANGE:

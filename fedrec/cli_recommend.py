@@ -114,10 +114,11 @@ def register(app: typer.Typer) -> None:
             else:
                 rows = np.array([r for u in wanted if (r := rec.user_row(u)) is not None], dtype=np.int64)
                 found.update(rec.user_ids[rows])
-            if approximate and rec.cfg.model.name != "gmf":
-                raise FedrecError(f"--approximate needs a GMF model; this run's model is {rec.cfg.model.name}")
-            recs = rec.recommend(rows, k, exclude_seen=not include_seen, diversity=diversity,
-                                 popularity_penalty=popularity_penalty, approximate=approximate)
+            try:
+                recs = rec.recommend(rows, k, exclude_seen=not include_seen, diversity=diversity,
+                                     popularity_penalty=popularity_penalty, approximate=approximate)
+            except ValueError as exc:  # options checked above; what is left is the model (--approximate: GMF)
+                raise FedrecError(f"{exc} (this run's model: {rec.cfg.model.name})") from exc
             frames.append(rec.to_frame(rows, recs))
         if wanted is not None and len(found) < len(wanted):
             missing = [u for u in wanted if u not in found]

@@ -166,7 +166,7 @@ class ReplyGuard(Strategy):
 def densify_rows(msg: Message, reference: dict[str, np.ndarray]) -> str | None:
     """Rebuild a sparse reply's dense arrays in place (:mod:`shared.sparse_rows`); why it is malformed, or None."""
     if len(msg.content.array_records) != 1:
-        return "reply must hold exactly one ArrayRecord and one MetricRecord"
+        return None  # malformed: reply_problem names it
     name, record = next(iter(msg.content.array_records.items()))
     dense, problem = sparse_rows.decode({k: a.numpy() for k, a in record.items()}, reference)
     if problem is None:
