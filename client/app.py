@@ -13,6 +13,7 @@ import json
 import logging
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -65,10 +66,11 @@ def train(msg: Message, context: Context) -> Message:
         content["ledger"] = ConfigRecord({"entries": [json.dumps(e, sort_keys=True) for e in update.ledger]})
     transport = RunConfig.from_mapping(context.run_config).transport
     arrays = update.global_part
-    if transport.item_updates == "sparse" and "release" not in config:  # rows compared before any compression
+    if transport.item_updates == "sparse":  # rows compared before any compression
         received = msg.content["arrays"]
-        encoded = sparse_rows.encode({k: v.detach().numpy() for k, v in arrays.items()},
-                                     {k: received[k].numpy() for k in arrays})
+        # a model update is compared with the model sent; a release (a sum) with zeros: rows nobody touched
+        reference = {k: received[k].numpy() if "release" not in config else np.zeros(()) for k in arrays}
+        encoded = sparse_rows.encode({k: v.detach().numpy() for k, v in arrays.items()}, reference)
         arrays = OrderedDict((k, torch.from_numpy(v)) for k, v in encoded.items())
     content["arrays"] = ArrayRecord(compress(arrays, transport.compression))
     content["metrics"] = MetricRecord(update.metrics)

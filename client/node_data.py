@@ -19,10 +19,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from client.data_cache import load_node_dataset
+from client.state import default_state_dir
 from shared.config import RunConfig
-from shared.datasets import load_tables
 from shared.errors import ConfigError
 from shared.interactions import InteractionData
 
@@ -70,7 +72,8 @@ def resolve_node_data(cfg: RunConfig, node_config: Mapping[str, Any]) -> NodeDat
         return _REGISTERED[name]
     if node_config.get("data-path"):
         name = str(node_config.get("node-name") or node_config["data-path"])
-        return _whole(str(node_config["data-path"]), cfg.seed, name)
+        state_dir = node_config.get("state-dir") or default_state_dir(name)
+        return _whole(str(node_config["data-path"]), cfg.seed, name, str(Path(state_dir) / "data"))
     if "partition-id" not in node_config:
         raise ConfigError("data-path", "node_config has neither data-path (deployment) nor partition-id (simulation)")
     key = partition_key(cfg, *simulated_partition(node_config, cfg))
@@ -81,7 +84,15 @@ def resolve_node_data(cfg: RunConfig, node_config: Mapping[str, Any]) -> NodeDat
 
 
 @functools.lru_cache(maxsize=8)
-def _whole(path: str, seed: int, name: str) -> NodeData:
+def _whole(path: str, seed: int, name: str, cache_dir: str) -> NodeData:
+    """A node's whole dataset: a prepared directory read without pandas, its arrays cached in the node's state
+    (:mod:`client.data_cache`); the synthetic default or ``movielens:<name>`` through the data owner's loader
+    (a developer's node)."""
+    if (Path(path).expanduser() / "manifest.json").exists():
+        own = load_node_dataset(Path(path).expanduser(), Path(cache_dir))
+        return NodeData(own.data, own.value_range, own.catalog_hash, name)
+    from shared.datasets import load_tables
+
     tables = load_tables(path, seed=seed)
     return NodeData(InteractionData.from_tables(tables), tuple(tables.manifest["value_range"]),
                     tables.catalog.content_hash, name)

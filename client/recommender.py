@@ -140,14 +140,20 @@ class NodeRecommender:
                 self._derived["scorer"].rows(rows), excl, k, diversity, popularity_penalty)
         return Recommendations(items, scores)
 
+    def catalog_index(self) -> CatalogIndex:
+        """The IVF index of approximate top-K, built on first use (once per loaded model); ValueError if not GMF."""
+        scorer = self._derived["scorer"]
+        if scorer.gmf is None:
+            raise ValueError("approximate top-K needs a GMF model")
+        if "index" not in self._derived:  # a reload builds a new recommender, so a new index
+            self._derived["index"] = CatalogIndex.build(scorer.gmf, scorer.offset)
+        return self._derived["index"]
+
     def _recommend_approximate(self, users: np.ndarray, k: int, exclude_seen: bool, diversity: float,
                                penalty: float) -> Recommendations:
-        scorer = self._derived["scorer"]
-        if scorer.gmf is None or diversity or penalty:
-            raise ValueError("approximate top-K needs a GMF model and no diversity or popularity re-ranking")
-        if "index" not in self._derived:  # built once per loaded model (a reload builds a new recommender)
-            self._derived["index"] = CatalogIndex.build(scorer.gmf, scorer.offset)
-        index: CatalogIndex = self._derived["index"]
+        if diversity or penalty:
+            raise ValueError("approximate top-K ranks plain top-K: no diversity or popularity re-ranking")
+        index = self.catalog_index()
         items = np.full((len(users), k), -1, np.int64)
         scores = np.full((len(users), k), np.nan, np.float32)
         vectors = self.model.user_emb["gmf"].weight.detach().numpy()

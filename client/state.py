@@ -23,7 +23,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from shared.atomic import atomic_write_bytes, atomic_write_text
-from shared.datasets import cache_dir
+from shared.paths import cache_dir
 
 USER_EMB = "user-emb"
 META = "node-meta"

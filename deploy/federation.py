@@ -32,12 +32,16 @@ class NodeSpec:
     data_path: Path
     state_dir: Path
     auth_key: Path | None = None  # OpenSSH EC P-384 private key (SuperNode auth)
+    chunk_pairs: int = 0  # memory bound of a DP step (scored pairs per chunk); 0: the ClientApp's 8192
 
-    def node_config(self) -> dict[str, str]:
+    def node_config(self) -> dict[str, str | int]:
         """What the fedrec ClientApp reads from node_config in a deployment."""
-        return {"data-path": str(self.data_path.resolve()), "node-name": self.name,
-                "state-dir": str(self.state_dir.resolve()),
-                "signing-key": str((self.state_dir / "signing.key").resolve())}
+        config: dict[str, str | int] = {
+            "data-path": str(self.data_path.resolve()), "node-name": self.name,
+            "state-dir": str(self.state_dir.resolve()), "signing-key": str((self.state_dir / "signing.key").resolve())}
+        if self.chunk_pairs:
+            config["chunk-pairs"] = self.chunk_pairs
+        return config
 
 
 def write_node_config(spec: NodeSpec, path: Path) -> Path:

@@ -9,11 +9,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from client.data_owner import PrepareOptions, prepare_dataset, reveal
-from shared import prepared
 from shared.keys import generate_keys
 from shared.schema import DuplicatePolicy
-from shared.synthetic import SyntheticSpec, generate
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -41,6 +38,7 @@ def generate_cmd(
 ) -> None:
     """Write the embedded synthetic behaviour log as a raw CSV (for demos and tests)."""
     from shared.atomic import atomic_write_text
+    from shared.synthetic import SyntheticSpec, generate  # the data owners' tools (pandas): imported when used
 
     data = generate(SyntheticSpec(n_users=users, n_items=items, seed=seed))
     frame = data.interactions.drop(columns=["line"])
@@ -78,6 +76,8 @@ def prepare_cmd(
 ) -> None:
     """Validate raw logs, pseudonymize ids, split per user, write a prepared dataset."""
     with console.status("preparing…"):
+        from client.data_owner import PrepareOptions, prepare_dataset
+
         manifest = prepare_dataset(
             raw,
             PrepareOptions(keys=keys, out=out, fmt=fmt, columns=columns, duplicates=duplicates,
@@ -108,6 +108,8 @@ def catalog(
 @app.command()
 def info(dataset: Annotated[Path, typer.Argument(help="Prepared dataset directory.")]) -> None:
     """Show a prepared dataset's manifest (after checking its file hashes)."""
+    from shared import prepared
+
     tables = prepared.read(dataset)
     console.print_json(json.dumps(tables.manifest))
 
@@ -122,5 +124,7 @@ def reveal_cmd(
     titles: Annotated[Path | None, typer.Option(help="u.item or movies.dat to add titles.")] = None,
 ) -> None:
     """Map pseudonyms in a result file back to raw ids (data owner only)."""
+    from client.data_owner import reveal
+
     rows = reveal(result, dataset=dataset, keys_dir=keys, out=out, reid_map=reid_map, titles=titles)
     console.print(f"{rows} rows revealed -> {out} (mode 0600)")

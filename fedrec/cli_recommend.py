@@ -148,6 +148,10 @@ def register(app: typer.Typer) -> None:
                  "directory for its ca.crt (the federation CA). Needs --tls-cert/--tls-key.")] = None,
         workers: Annotated[int, typer.Option(help="Concurrent request threads.")] = 8,
         threads: Annotated[int, typer.Option(help="PyTorch intra-op threads.")] = 1,
+        approximate: Annotated[bool, typer.Option(
+            help="Recommend answers plain top-K from an IVF index (GMF models; for 10^5-10^6-item catalogs; "
+                 "built before serving and on every reload). Requests with diversity or a popularity penalty "
+                 "are ranked exactly.")] = False,
     ) -> None:
         """Serve Recommend / RecommendCold / ReloadModel and gRPC health; SIGHUP reloads the model."""
         from client.serving.server import check_access, start_server
@@ -161,7 +165,7 @@ def register(app: typer.Typer) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         source = _source(run, partition, model, data, state_dir, run_key)
         running = start_server(source.load, host=host, port=port, tls_cert=tls_cert, tls_key=tls_key,
-                               client_ca=client_ca, max_workers=workers)
+                               client_ca=client_ca, max_workers=workers, approximate=approximate)
         rec = running.service.current
         mode = "mTLS" if client_ca else "TLS" if tls_cert else "plain-text"
         console.print(f"serving {rec.n_users} users × {rec.n_items} items (model {rec.version}) on "

@@ -114,6 +114,9 @@ def recipe_line(cfg) -> str:
              f"{cfg.dp.frequency_share:.0%} of epsilon on DP item counts" if cfg.dp.mechanism == "als" else
              f"q {cfg.dp.sample_rate:g}, clip {cfg.dp.clip_norm:g}, {cfg.federation.rounds} rounds x "
              f"{cfg.train.local_epochs} local epoch(s)")
+    if cfg.dp.mechanism == "sgd" and cfg.dp.row_threshold > 0:
+        knobs += (f", DP row selection: rows above {cfg.dp.row_threshold:g} count-noise stds, "
+                  f"{cfg.dp.row_selection_share:.0%} of each round's privacy on the row counts")
     return (f"DP recipe: {cfg.dp.unit}-level, epsilon {cfg.dp.target_epsilon:g} per node for the whole run, "
             f"delta {cfg.dp.delta or 'min(1e-5, 1/(10n))'}, {cfg.dp.accountant}; mechanism {cfg.dp.mechanism}, noise: "
             f"{where}; {knobs}")

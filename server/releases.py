@@ -7,8 +7,9 @@ the nodes' clipped-gradient sums, summed over nodes (in the clear, or by SecAgg+
 :class:`server.secagg.SecAggReleases`), plus the coordinator's noise under ``dp.noise =
 central``, divided by the expected batch ``q * N``, drive a momentum SGD step (``dp.server-lr``,
 ``dp.server-momentum``) of the global part; item rows whose DP count is below
-``dp.train-min-count`` keep their public (genre) initialisation. Everything here is
-post-processing of the releases, so it costs no privacy.
+``dp.train-min-count`` keep their public (genre) initialisation. With DP row selection
+(``dp.row-threshold``, :mod:`shared.row_selection`) only the selected item rows get a gradient and
+noise. Everything here is post-processing of the releases, so it costs no privacy.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
-from server.guard import RoundReport, collect_privacy, failed_reply, reply_problem
+from server.guard import RoundReport, collect_privacy, densify_rows, failed_reply, reply_problem
 from server.loop import FederatedRun
 from shared.atomic import atomic_write_bytes
 from shared.config import RunConfig
+from shared.row_selection import COUNTS as ROW_COUNTS
+from shared.row_selection import is_item_table, restrict, selected_rows, split_multiplier
 from shared.secret_random import SecretRandomness
 
 log = logging.getLogger("flwr")
@@ -96,7 +99,9 @@ class ReleaseRun(FederatedRun):
             if failed_reply(msg, report, rnd, "release"):
                 continue
             collect_privacy(msg, node, report)
-            problem = reply_problem(msg, reference, math.inf)
+            sent = sum(r.count_bytes() for r in msg.content.array_records.values())  # as sent (sparse rows)
+            problem = densify_rows(msg, reference) if self.cfg.transport.item_updates == "sparse" else None
+            problem = problem or reply_problem(msg, reference, math.inf)
             if problem:
                 report.rejected.append((node, problem))
                 log.warning("round %d: rejected release of node %d: %s", rnd, node, problem)
@@ -105,19 +110,45 @@ class ReleaseRun(FederatedRun):
             for key in total:
                 total[key] += record[key].numpy()
             report.accepted.append(node)
-            report.bytes_up.append(record.count_bytes())
+            report.bytes_up.append(sent)
             metrics = next(iter(msg.content.metric_records.values()))
             multipliers.append(float(metrics.get("noise-multiplier", 0.0)))
             seconds.append(float(metrics.get("train-seconds", 0.0)))
         report.seconds = max(seconds, default=None)
         return total, report, max(multipliers, default=0.0)
 
-    def _central_noise(self, total: dict[str, np.ndarray], z: float, sensitivity: float) -> None:
+    def _central_noise(self, total: dict[str, np.ndarray], z: float, sensitivity: float,
+                       rows: np.ndarray | None = None) -> None:
+        """Under ``dp.noise = central``: N(0, (z * sensitivity)^2) on every value (item tables: on ``rows`` only)."""
         if self.cfg.dp.noise != "central" or z <= 0:
             return
         randomness = SecretRandomness.fresh()
-        for value in total.values():
-            value += randomness.gaussian(value.shape, z * sensitivity, torch.float64).numpy()
+        for key, value in total.items():
+            if rows is not None and is_item_table(key):
+                value[rows] += randomness.gaussian(value[rows].shape, z * sensitivity, torch.float64).numpy()
+            else:
+                value += randomness.gaussian(value.shape, z * sensitivity, torch.float64).numpy()
+
+    def _select_rows(self, total: dict[str, np.ndarray], z: float) -> tuple[np.ndarray | None, float]:
+        """DP row selection (:mod:`shared.row_selection`): (selected rows or None, the gradient's multiplier).
+
+        Central noise: the coordinator noises the summed row counts and selects; local noise: each node selected
+        its own rows, and the union is the rows its sums carry. Unselected rows of the item tables are zeroed.
+        """
+        dp = self.cfg.dp
+        if dp.row_threshold <= 0:
+            return None, z
+        z1, z2 = split_multiplier(z, dp.row_selection_share)
+        counts = total.pop(ROW_COUNTS, None)
+        if counts is not None:
+            self._central_noise({ROW_COUNTS: counts}, z1, 1.0)
+            rows = selected_rows(counts, dp.row_threshold, z1)
+        else:
+            table = next(v for k, v in total.items() if is_item_table(k))
+            rows = np.flatnonzero(table.reshape(len(table), -1).any(axis=1))
+            rows = np.isin(np.arange(len(table)), rows)
+        total.update(restrict(total, rows))
+        return rows, z2
 
     # --- round 0: DP item counts -------------------------------------------------------------
     def _before_rounds(self, arrays: ArrayRecord, catalog_hash: str, run_key: str) -> ArrayRecord:
@@ -166,12 +197,18 @@ class ReleaseRun(FederatedRun):
     def _train_round(self, rnd: int, arrays: ArrayRecord, catalog_hash: str, run_key: str):
         cfg = self.cfg
         reference = {k: np.zeros_like(a.numpy()) for k, a in arrays.items()}
+        if cfg.dp.row_threshold > 0 and cfg.dp.noise == "central":  # the nodes' raw row counts come with the sums
+            n_items = next(a for k, a in arrays.items() if is_item_table(k)).numpy().shape[0]
+            reference[ROW_COUNTS] = np.zeros(n_items, np.float64)
         config = {"run-key": run_key, "catalog-hash": catalog_hash, "release": "gradient",
                   "planned-rounds": self._last_round()}
         total, report, z = self._sum(rnd, arrays, reference, config)
-        self._central_noise(total, z, cfg.dp.clip_norm)
+        rows, z_gradient = self._select_rows(total, z)
+        self._central_noise(total, z_gradient, cfg.dp.clip_norm, rows)
         self._log_ledgers(rnd, report)
         record = self._record(rnd, report)
+        if rows is not None:
+            record["rows_selected"] = int(rows.sum())
         if not report.accepted:
             log.warning("[fedrec] round %d: no release; the global model is unchanged", rnd)
             return record, arrays

@@ -6,7 +6,8 @@ For every (run, node) chain in a ledger file the auditor checks that
    removed, reordered or edited), and, if given, that the node key is a known one;
 2. each recorded epsilon equals the epsilon recomputed from the mechanism
    parameters of all entries so far with an *independent* accountant
-   (Google's dp-accounting; RDP, or PLD for ``prv`` entries) within ``tolerance``;
+   (Google's dp-accounting; RDP, or PLD for ``prv`` entries) within ``tolerance`` — for a release with DP row
+   selection, from the multiplier its row-count and gradient parts compose to (:mod:`shared.row_selection`);
 3. the node's final epsilon is within its budget (``--budget`` or the budget the
    node recorded, whichever is smaller) and the recorded epsilons never exceed it;
 4. with the coordinator's run manifest (:mod:`shared.manifest`): every entry the
@@ -29,6 +30,7 @@ from typing import Any
 from shared.accounting import independent_epsilon
 from shared.ledger import verify_chain
 from shared.manifest import ManifestCheck, acknowledged, check_manifest
+from shared.row_selection import composed_multiplier
 
 
 @dataclass
@@ -62,6 +64,17 @@ def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return float("nan")
     return float(value)
+
+
+def _release_multiplier(e: dict[str, Any]) -> float:
+    """The entry's noise multiplier; with DP row selection, recomputed from its two parts (the recorded one is
+    ignored: a node that records a larger multiplier than its parts compose to under-reports its spend)."""
+    if "selection_multiplier" not in e and "gradient_multiplier" not in e:
+        return _number(e["noise_multiplier"])
+    z1, z2 = _number(e["selection_multiplier"]), _number(e["gradient_multiplier"])
+    if not (z1 > 0 and z2 > 0 and _number(e.get("row_threshold")) >= 0):
+        return float("nan")
+    return composed_multiplier(z1, z2)
 
 
 def group_chains(entries: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -101,7 +114,7 @@ def audit_entries(
         a.noise = str(first.get("noise", "local"))
         for e in chain:
             try:
-                segment = (_number(e["noise_multiplier"]), _number(e["sample_rate"]), int(e["steps"]))
+                segment = (_release_multiplier(e), _number(e["sample_rate"]), int(e["steps"]))
                 recorded = _number(e["epsilon"])
                 round_no = int(e.get("round", -1))
                 if any(x != x for x in (*segment, recorded)) or not 0 < segment[1] <= 1 or segment[2] < 0:

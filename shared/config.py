@@ -173,6 +173,12 @@ class DPConfig:
                              "trained and the floor model (public genre vectors, DP item biases) is released; above "
                              "it, round(rho / 1000) training rounds (at most `federation.rounds`). Public: costs no "
                              "budget.", unit="rho", lo=0)
+    row_threshold: float = opt(0.0, "sgd: DP row selection (DP-AdaFEST): each round only item rows whose noisy "
+                               "count of sampled users exceeds this many count-noise stds get the gradient and its "
+                               "noise; others are left as they are. Not set (0): every row (dense noise).",
+                               unit="noise std", lo=0)
+    row_selection_share: float = opt(0.1, "sgd with dp.row-threshold: share of each round's privacy (1/z^2) spent "
+                                     "on the row counts.", lo=0, hi=0.9, lo_open=True)
     server_lr: float = opt(20.0, "sgd: the coordinator's momentum SGD rate on the mean clipped gradient.",
                            lo=0, lo_open=True)
     server_momentum: float = opt(0.9, "sgd: its momentum.", lo=0, hi=0.999)
@@ -370,11 +376,19 @@ def check_rules(cfg: RunConfig) -> None:
     if f.aggregation == "row-mean" and (dp.enabled or t.compression != "none"):
         raise ConfigError("federation.aggregation", "row-mean needs the rows a node left unchanged to come back "
                                                     "exactly: no DP noise and no update compression")
-    if t.item_updates == "sparse" and (dp.enabled or t.secure_aggregation):
-        raise ConfigError("transport.item-updates", "sparse updates send the rows a node changed: DP noise changes "
-                                                    "every row, and SecAgg+ needs equal-length dense vectors")
+    if t.item_updates == "sparse" and t.secure_aggregation:
+        raise ConfigError("transport.item-updates", "sparse updates send the rows a node changed: SecAgg+ needs "
+                                                    "equal-length dense vectors")
+    if t.item_updates == "sparse" and dp.enabled and not (
+            dp.mechanism == "sgd" and (dp.row_threshold > 0 or dp.noise == "central")):
+        raise ConfigError("transport.item-updates", "under DP, noise moves every row: sparse updates need "
+                                                    "dp.mechanism = sgd with DP row selection (dp.row-threshold > 0) "
+                                                    "or the coordinator's noise (dp.noise = central)")
     if not dp.enabled:
         return
+    if dp.row_threshold > 0 and (dp.mechanism != "sgd" or dp.noise == "distributed"):
+        raise ConfigError("dp.row-threshold", "DP row selection is a step of dp.mechanism = sgd with dp.noise = "
+                                              "local or central (SecAgg+ under distributed noise needs dense sums)")
     if dp.mechanism == "local-sgd" and dp.noise != "local":
         raise ConfigError("dp.noise", "dp.mechanism = local-sgd adds the noise inside each node's local steps; "
                                       "central or distributed noise needs dp.mechanism = sgd or als")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from shared import prepared, synthetic
 from shared.keys import KeySet
+from shared.paths import cache_dir
 
 SYNTHETIC = "synthetic"
 MOVIELENS_PREFIX = "movielens:"
@@ -61,11 +62,6 @@ def data_dir() -> Path:
         if candidate.exists():
             return candidate
     return Path.cwd().parent / "shared" / "data"
-
-
-def cache_dir() -> Path:
-    """``$FEDREC_CACHE_DIR`` or ``~/.cache/fedrec``."""
-    return Path(os.environ.get("FEDREC_CACHE_DIR", Path.home() / ".cache" / "fedrec")).expanduser()
 
 
 def prepared_movielens(name: str) -> Path:

@@ -10,13 +10,16 @@ pandas, no Flower.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from shared import splits
 from shared.errors import DataError
-from shared.prepared import N_NEGATIVES, PreparedTables
+from shared.prepared_files import N_NEGATIVES
+
+if TYPE_CHECKING:
+    from shared.prepared import PreparedTables
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ class InteractionData:
     @classmethod
     def from_tables(cls, tables: PreparedTables) -> InteractionData:
         """Index a prepared dataset (all of its users)."""
+        import pandas as pd
+
         frame = tables.interactions
         catalog = tables.catalog
         user_codes, user_ids = pd.factorize(frame["user"], sort=True)

@@ -14,7 +14,6 @@ re-identification map, which the owner keeps (see :mod:`shared.reidentify`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +29,11 @@ from shared.atomic import atomic_directory
 from shared.catalog import ItemCatalog
 from shared.errors import DataError
 from shared.keys import KeySet
+from shared.prepared_files import FILES, FORMAT, N_NEGATIVES, read_manifest, sha256
 from shared.pseudonyms import pseudonymize_column
 from shared.reidentify import ReidentificationMap
 
-FORMAT = "fedrec-prepared-v1"
-N_NEGATIVES = 99
-FILES = ("interactions.parquet", "negatives.parquet", "catalog.parquet")
+__all__ = ["FILES", "FORMAT", "N_NEGATIVES", "PreparedTables", "genre_matrix", "prepare", "read", "write"]
 
 
 @dataclass
@@ -195,7 +193,7 @@ def write(tables: PreparedTables, out_dir: str | Path, *, overwrite: bool = Fals
             pq.write_table(pa.Table.from_pandas(tables.item_genres, preserve_index=False), tmp / "item_genres.parquet")
             files.append("item_genres.parquet")
         manifest = dict(tables.manifest)
-        manifest["files"] = {name: _sha256(tmp / name) for name in files}
+        manifest["files"] = {name: sha256(tmp / name) for name in files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out_dir
 
@@ -203,21 +201,7 @@ def write(tables: PreparedTables, out_dir: str | Path, *, overwrite: bool = Fals
 def read(path: str | Path, *, verify: bool = True) -> PreparedTables:
     """Read a prepared dataset directory; with ``verify``, check every file hash."""
     path = Path(path)
-    manifest_path = path / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise DataError("not a prepared dataset (no manifest.json; run `fedrec data prepare`)",
-                        source=str(path)) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"manifest is not valid JSON ({exc})", source=str(manifest_path)) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(f"unsupported dataset format (expected {FORMAT})", source=str(manifest_path), field="format")
-    for name, digest in manifest.get("files", {}).items():
-        if not (path / name).exists():
-            raise DataError("file listed in the manifest is missing", source=str(path / name))
-        if verify and _sha256(path / name) != digest:
-            raise DataError("file content does not match the manifest hash (modified?)", source=str(path / name))
+    manifest = read_manifest(path, verify=verify)
     try:
         interactions = pq.read_table(path / FILES[0]).to_pandas()
         negatives = pq.read_table(path / FILES[1]).to_pandas()
@@ -227,14 +211,6 @@ def read(path: str | Path, *, verify: bool = True) -> PreparedTables:
         raise DataError(f"cannot read dataset file ({exc})", source=str(path)) from None
     catalog = ItemCatalog.load(path / FILES[2], expected_hash=manifest.get("catalog_hash"))
     return PreparedTables(interactions, negatives, catalog, manifest, genres)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def genre_matrix(tables: PreparedTables) -> np.ndarray | None:

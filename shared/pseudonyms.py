@@ -9,10 +9,13 @@ its id (beyond guessing ids and keys). Users and items use different keys.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from cryptography.hazmat.primitives import hashes, hmac
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PSEUDONYM_BYTES = 16
 PSEUDONYM_HEX = 2 * PSEUDONYM_BYTES
@@ -32,6 +35,8 @@ def pseudonym_map(key: bytes, raw_ids: Iterable[str]) -> dict[str, str]:
 
 def pseudonymize_column(key: bytes, column: pd.Series) -> tuple[pd.Series, dict[str, str]]:
     """Replace raw ids in ``column`` by pseudonyms; return the column and the map used."""
+    import pandas as pd
+
     codes, uniques = pd.factorize(column, sort=False)
     mapping = pseudonym_map(key, (str(u) for u in uniques))
     pseudo = np.asarray([mapping[str(u)] for u in uniques], dtype=object)

@@ -20,8 +20,10 @@ ever leave the data owner's machine as HMAC pseudonyms.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 USER = "user"
 ITEM = "item"
@@ -43,6 +45,8 @@ class DuplicatePolicy(StrEnum):
 
 def empty_frame() -> pd.DataFrame:
     """An empty frame with the schema's columns and dtypes."""
+    import pandas as pd
+
     return pd.DataFrame(
         {
             USER: pd.Series([], dtype=object),

@@ -14,11 +14,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from shared import schema
 from shared.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TRAIN, VAL, TEST = "train", "val", "test"
 SPLIT = "split"
@@ -32,6 +36,8 @@ def leave_latest_out(
     ``fixed_test`` (columns user, item) forces the test rows; every listed pair
     must exist in ``frame``.
     """
+    import pandas as pd
+
     rng = np.random.default_rng([seed, 0x5971])
     n = len(frame)
     tiebreak = rng.random(n)

@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client.serving.client import RecommenderClient
 from client.serving.server import SERVICE, start_server
 from client.serving.source import ModelSource
+from shared.errors import FedrecError
 from shared.rundir import RunDirectory, load_model_payload
 from tests.support import MODEL_AVERAGING, train_small
 
@@ -61,6 +62,29 @@ def test_recommend_over_grpc_equals_the_in_process_lists(served):
     seen = set(rec.item_ids[rec.seen_items[rec.seen_indptr[0] : rec.seen_indptr[1]]])
     assert not seen & {i for i, _ in client.recommend(rec.user_ids[0], 50).items}  # exclude_seen defaults to true
     assert seen & {i for i, _ in client.recommend(rec.user_ids[0], 50, exclude_seen=False).items}
+
+
+def test_approximate_serving_answers_the_index_lists_and_re_ranks_exactly(run_dir):
+    running = start_server(ModelSource(run=run_dir).load, approximate=True)
+    client = RecommenderClient(f"127.0.0.1:{running.port}")
+    try:
+        rec = running.service.current
+        assert "index" in rec._derived  # built before the first request
+        for row in (0, 7):
+            user = rec.user_ids[row]
+            approx = rec.recommend(np.array([row]), 10, approximate=True)
+            assert [i for i, _ in client.recommend(user, 10).items] == list(rec.item_ids[approx.items[0]])
+            exact = rec.recommend(np.array([row]), 10, diversity=0.3)
+            assert [i for i, _ in client.recommend(user, 10, diversity=0.3).items] == list(rec.item_ids[exact.items[0]])
+    finally:
+        client.close()
+        running.stop(0)
+
+
+def test_approximate_serving_of_a_model_without_an_index_is_refused_before_binding(tmp_path):
+    mlp = train_small(tmp_path / "mlp", {**SMALL, "model.name": "mlp", "train.epochs": 1})
+    with pytest.raises(FedrecError, match="approximate serving: approximate top-K needs a GMF model"):
+        start_server(ModelSource(run=mlp).load, approximate=True)
 
 
 def test_recommend_cold_over_grpc(served):

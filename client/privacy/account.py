@@ -18,6 +18,7 @@ from shared.accounting import Segment, epsilon
 from shared.config import RunConfig
 from shared.interactions import InteractionData
 from shared.ledger import NodeLedger, SigningKey
+from shared.row_selection import split_multiplier
 
 
 class PrivacyAccount:
@@ -62,13 +63,17 @@ class PrivacyAccount:
         segment = segment or p.segment(steps)
         self.history.append(segment)
         self.store.save_privacy({"plan": p.as_dict(), "history": [list(s) for s in self.history]})
-        return self.ledger.append(self.key, {
+        entry = {
             "run_id": self.store.run_key, "round": server_round, "unit": p.unit,
             "noise_multiplier": segment[0], "sample_rate": segment[1], "steps": segment[2],
             "clip_norm": p.clip_norm if sensitivity is None else sensitivity, "delta": p.delta,
             "accountant": p.accountant, "epsilon": self.spent(), "epsilon_budget": p.target_epsilon,
             "mechanism": mechanism or p.mechanism, "noise": p.noise, "noise_share": p.share,
-        })
+        }
+        if mechanism == "gradient" and p.row_threshold > 0:  # the release's two parts (shared.row_selection)
+            z1, z2 = split_multiplier(segment[0], p.row_selection_share)
+            entry |= {"row_threshold": p.row_threshold, "selection_multiplier": z1, "gradient_multiplier": z2}
+        return self.ledger.append(self.key, entry)
 
     def chain(self) -> list[dict[str, Any]]:
         """This node's ledger entries of this run, in order."""

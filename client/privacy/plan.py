@@ -22,6 +22,9 @@ adds ``1/t`` of the variance under secure aggregation, ``t`` the number of nodes
 needs to reveal a sum, so any revealed sum carries at least the planned noise (trusted:
 SecAgg and at least ``t`` honest nodes).
 
+With ``dp.row-threshold > 0`` each training release also selects the item rows it updates from noisy row
+counts over the same sample (:mod:`shared.row_selection`); the pair is one Gaussian of the planned multiplier.
+
 Privacy units (``dp.unit``): ``user`` — one sample is one user's interactions on
 the node; ``interaction`` — one sample is one interaction with its negatives. ``dp.delta``
 defaults to :func:`shared.accounting.default_delta` of the node's ``n`` units and is
@@ -67,6 +70,20 @@ class DPPlan:
     frequency_sensitivity: float = 0.0  # the same for the frequency release
     secagg_levels: int = 0  # distributed noise: the SecAgg+ quantization the sensitivities assume
     participation: float = 1.0  # fraction of rounds the coordinator samples this node for (fraction-train)
+    row_threshold: float = 0.0  # DP row selection (shared.row_selection): rows above threshold * z1 (0: off)
+    row_selection_share: float = 0.0  # share f of 1/z^2 on the row counts: z1 = z/sqrt(f), z2 = z/sqrt(1-f)
+
+    @property
+    def multipliers(self) -> tuple[float, float]:
+        """(z1, z2) of a gradient release with DP row selection: row counts and gradient; they compose to z."""
+        from shared.row_selection import split_multiplier
+
+        return split_multiplier(self.noise_multiplier, self.row_selection_share)
+
+    @property
+    def gradient_multiplier(self) -> float:
+        """The noise multiplier on the gradient sum: z, or z2 with DP row selection."""
+        return self.multipliers[1] if self.row_threshold > 0 else self.noise_multiplier
 
     @property
     def release_sensitivity(self) -> float:
@@ -180,7 +197,8 @@ def plan_for(cfg: RunConfig, data: InteractionData) -> DPPlan:
                   noise=cfg.dp.noise, share=noise_share(cfg), frequency_multiplier=z_freq,
                   frequency_cap=cfg.dp.frequency_cap if z_freq else 0, sensitivity=sensitivity,
                   frequency_sensitivity=freq_sensitivity if z_freq else 0.0, secagg_levels=levels,
-                  participation=cfg.federation.fraction_train)
+                  participation=cfg.federation.fraction_train, row_threshold=cfg.dp.row_threshold,
+                  row_selection_share=cfg.dp.row_selection_share if cfg.dp.row_threshold > 0 else 0.0)
 
 
 def replan(plan: DPPlan, history: list[Segment], rounds: int) -> DPPlan:

@@ -12,7 +12,9 @@ nodes — in the clear or securely — the release is one Gaussian mechanism per
   that normalizes the gradient of the ``sgd`` mechanism.
 - :func:`gradient_release`: Poisson-sampled users (rate ``q``), Opacus ghost clipping of each
   user's gradient of the global part to ``dp.clip-norm``, summed (not averaged): the coordinator
-  divides by ``q`` times the DP user count.
+  divides by ``q`` times the DP user count. With ``dp.row-threshold > 0`` (:mod:`shared.row_selection`) the
+  item tables' rows outside the DP-selected set carry neither gradient nor noise; under central noise the raw
+  row counts go to the coordinator with the sum (key ``row-counts``), which adds their noise and selects.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from client.trainer import TrainSettings, make_criterion, make_optimizer
 from shared.config import RunConfig
 from shared.interactions import InteractionData
 from shared.models.base import is_local
+from shared.row_selection import COUNTS, is_item_table, row_contributions, selected_rows
 from shared.secret_random import SecretRandomness
 
 FREQUENCY = "frequency"
@@ -63,6 +66,20 @@ def frequency_release(data: InteractionData, plan: DPPlan, randomness: SecretRan
     return add_share(torch.from_numpy(counts), std, plan, randomness)
 
 
+def _row_selection(items: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, n_items: int, plan: DPPlan,
+                   randomness: SecretRandomness) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """DP row selection (:mod:`shared.row_selection`): (selected rows, None) when this node adds the noise itself,
+    (None, raw row counts) under central noise (the coordinator adds it and selects), (None, None) when off."""
+    if plan.row_threshold <= 0:
+        return None, None
+    counts = torch.from_numpy(row_contributions(items.numpy(), targets.numpy(), mask.numpy(), n_items))
+    if plan.share <= 0:
+        return None, counts
+    z1 = plan.multipliers[0]
+    noisy = add_share(counts, z1, plan, randomness)
+    return torch.from_numpy(selected_rows(noisy.numpy(), plan.row_threshold, z1)), None
+
+
 def gradient_release(model: torch.nn.Module, data: InteractionData, s: TrainSettings, plan: DPPlan,
                      cfg: RunConfig, randomness: SecretRandomness) -> OrderedDict[str, torch.Tensor]:
     """Sum over Poisson-sampled units of their clipped gradients of the global part, plus this node's noise share.
@@ -85,15 +102,25 @@ def gradient_release(model: torch.nn.Module, data: InteractionData, s: TrainSett
     users, items, targets, mask = next(iter(parts.loader))
     if len(users):
         _clipped_sum_in_chunks(parts, (users, items, targets, mask), s.chunk_pairs)
+    rows, counts = _row_selection(items, targets, mask, data.n_items, plan, randomness)
     params = dict(model.named_parameters())
-    std = plan.noise_multiplier * plan.release_sensitivity
+    std = plan.gradient_multiplier * plan.release_sensitivity
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for key, value in model.state_dict().items():
         if is_local(key):
             continue
         grad = params[key].grad if key in params and params[key].requires_grad else None
         clipped = grad.detach().clone() if grad is not None else torch.zeros_like(value)
-        out[key] = add_share(clipped, std, plan, randomness) if key in names else clipped
+        if key not in names:
+            out[key] = clipped
+        elif rows is not None and is_item_table(key):  # noise on the selected rows only, the others zero
+            clipped[~rows] = 0
+            clipped[rows] = add_share(clipped[rows], std, plan, randomness)
+            out[key] = clipped
+        else:
+            out[key] = add_share(clipped, std, plan, randomness)
+    if counts is not None:
+        out[COUNTS] = counts
     parts.module._close()
     for p in model.parameters():
         p.requires_grad_(True)

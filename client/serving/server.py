@@ -104,13 +104,32 @@ def _reply(rec: NodeRecommender, recs: Recommendations, user: str = "") -> pb.Re
                              items=[pb.ScoredItem(item=i, score=float(s)) for i, s in zip(names, scores, strict=True)])
 
 
+def _build_index(rec: NodeRecommender) -> NodeRecommender:
+    """``rec`` with its IVF index built; a FedrecError if the model has none (not GMF)."""
+    try:
+        rec.catalog_index()
+    except ValueError as exc:
+        raise FedrecError(f"approximate serving: {exc}") from None
+    return rec
+
+
 class RecommenderService(pb_grpc.RecommenderServicer):
     """The ``fedrec.serving.v1.Recommender`` service over a swappable recommender."""
 
-    def __init__(self, loader: Callable[[], NodeRecommender], initial: NodeRecommender | None = None) -> None:
-        self._loader = loader
-        self._current = initial if initial is not None else loader()
+    def __init__(self, loader: Callable[[], NodeRecommender], initial: NodeRecommender | None = None, *,
+                 approximate: bool = False) -> None:
+        self.approximate = approximate  # plain top-K from the IVF index; re-ranked requests stay exact
+        self._loader = self._with_index(loader) if approximate else loader
+        self._current = initial if initial is not None else self._loader()
+        if approximate:
+            _build_index(self._current)
         self._reload_lock = threading.Lock()
+
+    @staticmethod
+    def _with_index(loader: Callable[[], NodeRecommender]) -> Callable[[], NodeRecommender]:
+        def load() -> NodeRecommender:  # the index is built before a (re)loaded model is swapped in
+            return _build_index(loader())
+        return load
 
     @property
     def current(self) -> NodeRecommender:
@@ -133,8 +152,9 @@ class RecommenderService(pb_grpc.RecommenderServicer):
         if row is None:
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"user {user} is not known to this node")
         exclude = request.exclude_seen if request.HasField("exclude_seen") else True
+        plain = request.diversity == 0 and request.popularity_penalty == 0
         recs = rec.recommend(np.array([row]), request.k, exclude_seen=exclude, diversity=request.diversity,
-                             popularity_penalty=request.popularity_penalty)
+                             popularity_penalty=request.popularity_penalty, approximate=self.approximate and plain)
         return _reply(rec, recs, user)
 
     @_guarded
@@ -253,11 +273,13 @@ def _address(host: str, port: int) -> str:
 
 def start_server(loader: Callable[[], NodeRecommender], *, host: str = "127.0.0.1", port: int = 0,
                  tls_cert: Path | None = None, tls_key: Path | None = None, client_ca: Path | str | None = None,
-                 max_workers: int = 8, initial: NodeRecommender | None = None) -> RunningServer:
+                 max_workers: int = 8, initial: NodeRecommender | None = None,
+                 approximate: bool = False) -> RunningServer:
     """Load the recommender, bind ``host:port`` (0 = a free port), start serving.
 
     TLS when cert and key are given; with ``client_ca`` (PEM bundle or ``fedrec certs`` directory) every client
     must present a certificate signed by it. Off loopback TLS is required; a refused setup loads and binds nothing.
+    ``approximate``: Recommend answers plain top-K from the IVF index (GMF; built before serving and on reload).
     """
     check_access(host, tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca)
     address = _address(host, port)
@@ -270,7 +292,7 @@ def start_server(loader: Callable[[], NodeRecommender], *, host: str = "127.0.0.
                                             root_certificates=ca, require_client_auth=ca is not None)
         if ca is None and not is_loopback(host):
             log.warning("TLS without --client-ca: any client that reaches %s gets recommendations", address)
-    service = RecommenderService(loader, initial)
+    service = RecommenderService(loader, initial, approximate=approximate)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedrec-rpc"))
     server.add_generic_rpc_handlers((_handlers(service),))  # the generated stub's methods, lenient parsing
     health_servicer = health.HealthServicer()

@@ -35,10 +35,10 @@ from client.node_data import resolve_node_data
 from client.recommender import NodeRecommender
 from client.state import users_fingerprint
 from shared.config import RunConfig
-from shared.datasets import load_tables
 from shared.errors import FedrecError
 from shared.interactions import InteractionData
 from shared.models import build_model, merge_state
+from shared.prepared_files import FILES
 from shared.rundir import MODEL_FORMAT
 from shared.seeding import numpy_rng, torch_seed
 
@@ -180,11 +180,21 @@ def _load_state(path: Path) -> tuple[str | None, dict[str, torch.Tensor]]:
 
 @functools.lru_cache(maxsize=4)
 def _whole(data_path: str, seed: int, users: int, items: int) -> InteractionData:
+    from shared.datasets import load_tables  # a centralized run's data (pandas: not on a node)
+
     tables = load_tables(data_path, seed=seed, synthetic_users=users, synthetic_items=items)
     return InteractionData.from_tables(tables)
 
 
 def _catalog(data_path: str, cfg: RunConfig) -> np.ndarray:
+    """Item pseudonyms in catalog order: a node's prepared directory is read with pyarrow alone."""
+    if (Path(data_path).expanduser() / "manifest.json").exists():
+        from shared.node_dataset import read_catalog
+
+        items, _ = read_catalog(Path(data_path).expanduser() / FILES[2])
+        return np.array([i.decode("ascii") for i in items.tolist()], dtype=object)
+    from shared.datasets import load_tables
+
     tables = load_tables(data_path, seed=cfg.seed, synthetic_users=cfg.data.synthetic_users,
                          synthetic_items=cfg.data.synthetic_items)
     return np.asarray(tables.catalog.items, dtype=object)

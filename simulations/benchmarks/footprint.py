@@ -31,9 +31,14 @@ from simulations.benchmarks import NONPRIVATE, benchmark_parser
 SILO_RUN = {**NONPRIVATE,
             "federation.rounds": 1, "dp.enabled": True, "federation.min-nodes": 1, "federation.fraction-evaluate": 1.0,
             "eval.full-rank": True}
-# default DP settings, and an edge setting: Opacus ghost clipping's per-user Gram matrices grow with the square of
-# dp-max-interactions, and full-rank evaluation scores every item for every user
-SETTINGS = {"default": {}, "edge": {"dp.max-interactions": 32, "eval.full-rank": False}}
+# (run config, node_config) per setting: default DP-SGD on the node (local-sgd: the heaviest, Opacus steps and a
+# full-rank evaluation); the edge setting bounds a DP step to 512 scored pairs (node_config chunk-pairs: the same
+# clipped sums, in smaller chunks) and ranks 100 sampled candidates; the default mechanism (one noisy clipped-
+# gradient sum per round; central noise, since one node cannot run SecAgg+) with the edge node_config
+RELEASE = {"dp.mechanism": "sgd", "dp.noise": "central", "dp.frequency-share": 0.1, "dp.floor-below": 0.0,
+           "dp.sample-rate": 1.0, "federation.rounds": 2}
+SETTINGS = {"default": ({}, 0), "edge": ({"eval.full-rank": False}, 512),
+            "edge-sgd": ({**RELEASE, "eval.full-rank": False}, 512)}
 
 
 def _kb(pid: int, field: str, source: str = "status") -> int:
@@ -95,7 +100,7 @@ def ml1m_silo(out: Path, *, silo: int = 0, silos: int = 10, seed: int = 42) -> P
     return out
 
 
-def measure_rss(work: Path, silo_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+def measure_rss(work: Path, silo_dir: Path, overrides: dict[str, Any], chunk_pairs: int = 0) -> dict[str, Any]:
     """Idle and peak memory of one real SuperNode running one DP round on ``silo_dir``."""
     from deploy.certs import CertPaths, create_ca_and_server, create_node_keys
     from deploy.federation import LocalDeployment, NodeSpec
@@ -106,7 +111,8 @@ def measure_rss(work: Path, silo_dir: Path, overrides: dict[str, Any]) -> dict[s
     with LocalDeployment(work / "deployment", certs) as dep:
         dep.start_superlink()
         dep.register(certs.node_pub("edge-1"), "edge-1")
-        node = dep.start_supernode(NodeSpec("edge-1", silo_dir, work / "state", certs.node_key("edge-1")))
+        node = dep.start_supernode(NodeSpec("edge-1", silo_dir, work / "state", certs.node_key("edge-1"),
+                                            chunk_pairs=chunk_pairs))
         dep.wait_online(1)
         time.sleep(3.0)  # settle
         idle = [TreeSampler(node.pid).sample() for _ in range(10)]
@@ -118,13 +124,14 @@ def measure_rss(work: Path, silo_dir: Path, overrides: dict[str, Any]) -> dict[s
         sampler.join()
         if run.proc.returncode != 0:
             raise RuntimeError(f"flwr run failed; see {run.log_path}")
-    apps = list(sampler.clientapps.values())  # [train, evaluate]
-    record = json.loads((work / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    apps = list(sampler.clientapps.values())  # in start order: train (release), evaluate, ...
+    record = json.loads((work / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     mb = 1 / 1024
     return {"idle_rss_mb": max(r for r, _ in idle) * mb, "idle_pss_mb": max(p for _, p in idle) * mb,
             "peak_rss_mb": sampler.peak_rss * mb, "peak_pss_mb": sampler.peak_pss * mb,
             "train_clientapp_hwm_mb": apps[0][0] * mb, "train_clientapp_anon_mb": apps[0][1] * mb,
             "eval_clientapp_hwm_mb": apps[1][0] * mb if len(apps) > 1 else None,
+            "clientapp_hwm_max_mb": max(a[0] for a in apps) * mb, "clientapp_hwm_mb": [a[0] * mb for a in apps],
             "epsilon": record.get("epsilon_max"), "train_examples": record["train_examples"],
             "val": record.get("val"), "bytes_up": record["bytes_up_per_node"], "leftovers": dep.leftovers()}
 
@@ -178,14 +185,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "rss" in parts:
         silo = ml1m_silo(cache_dir() / "benchmarks" / "ml1m-silo-1-of-10")
         ml1m = load_toml_config(preset_path("ml1m-silos"))
-        model = {k: ml1m[k] for k in ("model", "embedding-dim", "mlp-layers", "lr", "batch-size")}
+        model = {k: ml1m[k] for k in ("model.name", "model.embedding-dim", "model.mlp-layers", "train.lr",
+                                      "train.batch-size")}
         rows = []
-        for name, extra in SETTINGS.items():
-            row = {"setting": name, **measure_rss(work / f"rss-{name}", silo, {**model, **extra}), "overrides": extra}
+        for name, (extra, chunk_pairs) in SETTINGS.items():
+            row = {"setting": name, **measure_rss(work / f"rss-{name}", silo, {**model, **extra}, chunk_pairs),
+                   "overrides": extra, "chunk_pairs": chunk_pairs or 8192}
             rows.append(row)
         doc["rss"] = {"model": model, "silo": str(silo), "rows": rows}
-        print_table(rows, ["setting", "idle_rss_mb", "idle_pss_mb", "train_clientapp_hwm_mb",
-                           "train_clientapp_anon_mb", "eval_clientapp_hwm_mb", "peak_rss_mb", "peak_pss_mb"],
+        print_table(rows, ["setting", "chunk_pairs", "idle_rss_mb", "idle_pss_mb", "train_clientapp_hwm_mb",
+                           "train_clientapp_anon_mb", "eval_clientapp_hwm_mb", "clientapp_hwm_max_mb", "peak_rss_mb",
+                           "peak_pss_mb"],
                     "SuperNode footprint (MB), one DP round on an ML-1M silo (1/10); goal <= 500 MB while training")
     if "compression" in parts:
         rows = compression("synthetic", {**load_toml_config(preset_path("synthetic")), "eval.patience": 0,

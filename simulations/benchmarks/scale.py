@@ -9,6 +9,8 @@
   in-process Grid and on Flower's simulation engine (Ray, ``flwr run``): per-round wall seconds and the peak RSS
   of the process that holds the coordinator (in-process: the whole federation).
 
+- ``dp`` (``--dp-items``): DP training at a large catalog, noise on every row vs DP row selection (DP-AdaFEST:
+  noise on the selected rows only, sparse replies): HR@10, bytes up, rows selected, epsilon spent.
 - ``quality``: dense and sparse trained for ``--quality-rounds`` rounds at ``--quality-items`` items: HR@10 and
   NDCG@10 (99 sampled negatives) of each, which must agree (the sparse encoding is exact).
 
@@ -16,6 +18,7 @@ Each cost is fitted on log-log axes (slope = how it grows) and printed with the 
 
     python -m simulations.benchmarks.scale --out /tmp/scale.json [--items 4000,100000,1000000]
         [--nodes 10,1000,10000] [--ray-nodes 10,1000] [--quality-items 100000 --quality-rounds 10] [--work-dir DIR]
+        [--dp-items 100000 --dp-users 5000 --dp-rounds 20 --dp-epsilon 8]
 """
 
 from __future__ import annotations
@@ -105,6 +108,43 @@ def quality(n_items: int, rounds: int, work: Path) -> list[dict]:
         out.append({"mode": mode, "items": n_items, "rounds": rounds, "best_round": summary.best_round,
                     "hr10": summary.test["hr10"], "ndcg10": summary.test["ndcg10"],
                     "bytes_up_per_node_round": up, "wall_seconds": wall})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+# DP at catalog scale: the default mechanism (one noisy clipped-gradient sum per round, DP item counts first) with
+# the coordinator's noise, dense (noise on every row) vs DP row selection (noise on the selected rows only, sparse
+# replies), and row selection with every node adding its own noise. User-level, epsilon per node for the run.
+DP_RUN = {"model.name": "gmf", "model.embedding-dim": 32, "model.item-init": "random", "model.item-bias": True,
+          "data.partitions": 10, "federation.min-nodes": 10, "eval.full-rank": False, "eval.patience": 0,
+          "dp.enabled": True, "dp.mechanism": "sgd", "dp.floor-below": 0.0, "train.user-epochs": 0}
+DP_MODES = {"dp-dense": {"dp.noise": "central"},
+            "dp-sparse": {"dp.noise": "central", "dp.row-threshold": 3.0, "transport.item-updates": "sparse"},
+            "dp-sparse-local": {"dp.noise": "local", "dp.row-threshold": 3.0, "transport.item-updates": "sparse"}}
+
+
+def dp_quality(n_items: int, users: int, rounds: int, epsilon: float, threshold: float, work: Path,
+               modes: list[str]) -> list[dict]:
+    """HR@10 and bytes of DP training (``DP_MODES``) at ``n_items`` items over ``users`` users in 10 silos."""
+    out = []
+    path = catalog_dataset(n_items, work, users=users)
+    for mode in modes:
+        extra = DP_MODES[mode]
+        if "dp.row-threshold" in extra:
+            extra = {**extra, "dp.row-threshold": threshold}
+        cfg = RunConfig.from_mapping({**DP_RUN, **extra, "data.path": str(path), "federation.rounds": rounds,
+                                      "dp.target-epsilon": epsilon})
+        name = f"dp-{n_items}-{users}-{mode}" + (f"-t{threshold:g}" if "dp.row-threshold" in extra else "")
+        summary, records, wall = run_federation_inprocess(cfg, fresh(work / name))
+        trained = [r for r in records if r["round"] >= 1]
+        selected = [r["rows_selected"] for r in trained if r.get("rows_selected") is not None]
+        out.append({"mode": mode, "items": n_items, "users": users, "epsilon": epsilon, "delta": 1e-5,
+                    "row_threshold": cfg.dp.row_threshold,
+                    "unit": "user", "accountant": cfg.dp.accountant, "rounds": len(trained),
+                    "best_round": summary.best_round, "hr10": summary.test["hr10"], "ndcg10": summary.test["ndcg10"],
+                    "bytes_up_per_node_round": float(np.mean([r["bytes_up_per_node"] for r in trained])),
+                    "rows_selected": float(np.mean(selected)) if selected else float(n_items),
+                    "epsilon_spent": max(r.get("epsilon_max", 0.0) for r in records), "wall_seconds": wall})
         print(json.dumps(out[-1]), flush=True)
     return out
 
@@ -219,6 +259,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quality-items", type=int, default=100000, help="catalog of the dense-vs-sparse HR check")
     parser.add_argument("--quality-rounds", type=int, default=10, help="rounds of that check (0: skip it)")
     parser.add_argument("--work-dir", default=None, help="keep datasets and runs here (default: a temp dir)")
+    parser.add_argument("--dp-items", default="", help="catalogs of the DP check, e.g. 100000,1000000 (empty: skip)")
+    parser.add_argument("--dp-users", type=int, default=5000, help="users of the DP check's datasets (10 silos)")
+    parser.add_argument("--dp-rounds", type=int, default=20, help="at most this many DP rounds (the recipe decides)")
+    parser.add_argument("--dp-epsilon", type=float, default=8.0)
+    parser.add_argument("--dp-threshold", type=float, default=3.0, help="dp.row-threshold of the row-selection runs")
+    parser.add_argument("--dp-modes", default=",".join(DP_MODES), help="which of " + ", ".join(DP_MODES))
     args = parser.parse_args(argv)
     import tempfile
 
@@ -226,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = items_sweep(_ints(args.items), work) + nodes_sweep(_ints(args.nodes), _ints(args.ray_nodes), work)
     checks = quality(args.quality_items, args.quality_rounds, work) if args.quality_rounds else []
+    modes = args.dp_modes.split(",")
+    private = [p for n in _ints(args.dp_items) for p in dp_quality(n, args.dp_users, args.dp_rounds, args.dp_epsilon,
+                                                                    args.dp_threshold, work, modes)]
     fits = slopes(rows)
     columns = ["sweep", "runtime", "mode", "items", "nodes", "bytes_up_per_node_round", "bytes_down_per_node_round",
                "node_round_seconds", "aggregation_seconds", "round_wall_seconds", "node_peak_rss_mb",
@@ -235,8 +284,12 @@ def main(argv: list[str] | None = None) -> None:
     if checks:
         print_table(checks, ["mode", "items", "rounds", "best_round", "hr10", "ndcg10", "bytes_up_per_node_round"],
                     "dense vs sparse: the same model")
+    if private:
+        print_table(private, ["mode", "items", "users", "epsilon", "row_threshold", "rounds", "hr10", "ndcg10",
+                              "rows_selected", "bytes_up_per_node_round", "epsilon_spent", "wall_seconds"],
+                    "DP (user level, delta 1e-5, PRV): dense noise vs DP row selection")
     out = Path(args.out)
-    write_json(out, {"points": rows, "slopes": fits, "quality": checks,
+    write_json(out, {"points": rows, "slopes": fits, "quality": checks, "dp": private,
                      "command": "python -m simulations.benchmarks.scale",
                      "settings": {"items_run": ITEMS_RUN, "nodes_run": NODES_RUN, "users_per_node": USERS_PER_NODE}})
     plot(rows, out.with_suffix(".png"))
