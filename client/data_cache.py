@@ -21,8 +21,8 @@ import numpy as np
 
 from shared.atomic import atomic_write_bytes
 from shared.errors import DataError
-from shared.interactions import InteractionData
-from shared.prepared_files import NodeDataset, read_manifest
+from shared.interactions import InteractionData, NodeDataset
+from shared.prepared_files import read_manifest
 
 ARRAYS = ("train_indptr", "train_items", "train_values", "val_item", "val_value", "test_item", "test_value",
           "val_negatives", "test_negatives")

@@ -35,8 +35,8 @@ def node_config(
         raise FedrecError(f"refusing to overwrite {out} (use --force)")
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)
-    manifest = read_manifest(data_path)  # verifies every file hash
-    load_node_dataset(data_path, state_dir / "data")  # reads every file; ClientApps then never parse the Parquet
+    load_node_dataset(data_path, state_dir / "data")  # verifies every file hash; ClientApps then never parse Parquet
+    manifest = read_manifest(data_path, verify=False)
     write_node_config(NodeSpec(name, data_path, state_dir, chunk_pairs=chunk_pairs), out)
     console.print(f"{out}: {manifest['n_users']} users, catalog {manifest['catalog_hash'][:16]}…, state {state_dir}")
 

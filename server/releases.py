@@ -145,8 +145,7 @@ class ReleaseRun(FederatedRun):
             rows = selected_rows(counts, dp.row_threshold, z1)
         else:
             table = next(v for k, v in total.items() if is_item_table(k))
-            rows = np.flatnonzero(table.reshape(len(table), -1).any(axis=1))
-            rows = np.isin(np.arange(len(table)), rows)
+            rows = table.reshape(len(table), -1).any(axis=1)
         total.update(restrict(total, rows))
         return rows, z2
 

@@ -155,3 +155,12 @@ class InteractionData:
             val_negatives=negs[splits.VAL],
             test_negatives=negs[splits.TEST],
         )
+
+
+@dataclass(frozen=True)
+class NodeDataset:
+    """What a node reads from its prepared directory: its index arrays, the value range, the catalog hash."""
+
+    data: InteractionData
+    value_range: tuple[float, float]
+    catalog_hash: str

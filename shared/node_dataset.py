@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 
 from shared import splits
 from shared.errors import DataError
-from shared.interactions import InteractionData
-from shared.prepared_files import FILES, N_NEGATIVES, NodeDataset, read_manifest
+from shared.interactions import InteractionData, NodeDataset
+from shared.prepared_files import FILES, N_NEGATIVES, read_manifest
 from shared.pseudonyms import PSEUDONYM_HEX
 
 WIDTH = PSEUDONYM_HEX

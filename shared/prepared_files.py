@@ -8,28 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from shared.errors import DataError
-
-if TYPE_CHECKING:
-    from shared.interactions import InteractionData
 
 FORMAT = "fedrec-prepared-v1"
 N_NEGATIVES = 99
 FILES = ("interactions.parquet", "negatives.parquet", "catalog.parquet")
 GENRES = "item_genres.parquet"
-
-
-@dataclass(frozen=True)
-class NodeDataset:
-    """What a node reads from its prepared directory: its index arrays, the value range, the catalog hash."""
-
-    data: InteractionData
-    value_range: tuple[float, float]
-    catalog_hash: str
 
 
 def read_manifest(path: Path, *, verify: bool = True) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from server import checkpoint
 from shared.config import RunConfig
+from shared.interactions import InteractionData
 from shared.ledger import read_jsonl
 from shared.models import LOCAL_PREFIX
 from simulations.client_app import app as client_app
@@ -143,3 +144,13 @@ class WireRecorder:
 
     def blob(self) -> bytes:
         return b"".join(b for _, b, _ in self.sent)
+
+
+def heavy_and_light() -> InteractionData:
+    """Two users: one with 500 interactions, one with 5."""
+    return InteractionData(
+        user_ids=np.array(["a", "b"], dtype=object), n_items=600,
+        train_indptr=np.array([0, 500, 505]), train_items=np.r_[np.arange(500), np.arange(5)],
+        train_values=np.ones(505, np.float32), val_item=np.full(2, -1), val_value=np.zeros(2, np.float32),
+        test_item=np.full(2, -1), test_value=np.zeros(2, np.float32),
+        val_negatives=np.full((2, 99), -1), test_negatives=np.full((2, 99), -1))

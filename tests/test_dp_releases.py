@@ -28,6 +28,7 @@ from shared.secret_random import SecretRandomness
 from shared.secure_sum import encoded_sensitivity, quantization_levels
 from simulations.client_app import app as client_app
 from simulations.inprocess import InProcessGrid, simulation_node_configs
+from tests.support import heavy_and_light
 
 RELEASES = {"dp.enabled": True, "dp.mechanism": "sgd", "dp.frequency-share": 0.1, "dp.sample-rate": 1.0,
             "model.name": "gmf",
@@ -37,16 +38,6 @@ RELEASES = {"dp.enabled": True, "dp.mechanism": "sgd", "dp.frequency-share": 0.1
 @pytest.fixture(scope="module")
 def data() -> InteractionData:
     return InteractionData.from_tables(synthetic_tables(3, 60, 80))
-
-
-def heavy_and_light() -> InteractionData:
-    """Two users: one with 500 interactions, one with 5."""
-    return InteractionData(
-        user_ids=np.array(["a", "b"], dtype=object), n_items=600,
-        train_indptr=np.array([0, 500, 505]), train_items=np.r_[np.arange(500), np.arange(5)],
-        train_values=np.ones(505, np.float32), val_item=np.full(2, -1), val_value=np.zeros(2, np.float32),
-        test_item=np.full(2, -1), test_value=np.zeros(2, np.float32),
-        val_negatives=np.full((2, 99), -1), test_negatives=np.full((2, 99), -1))
 
 
 def noiseless(cfg: RunConfig, data: InteractionData):
