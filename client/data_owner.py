@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from client.result_file import write_result
 from shared import loaders, movielens, prepared
 from shared.atomic import atomic_write_bytes
 from shared.errors import DataError, FedrecError
@@ -132,20 +133,6 @@ def read_result(path: Path) -> pd.DataFrame:
         raise FedrecError(f"{path}: result file not found") from None
     except (ValueError, OSError, pa.ArrowException) as exc:
         raise FedrecError(f"{path}: cannot read result file ({exc})") from None
-
-
-def write_result(frame: pd.DataFrame, path: Path) -> None:
-    """Write a result file atomically in the format its suffix names."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
-        data = sink.getvalue().to_pybytes()
-    elif suffix == ".json":
-        data = frame.to_json(orient="records", indent=1).encode()
-    else:
-        data = frame.to_csv(index=False).encode()
-    atomic_write_bytes(path, data, mode=0o600)
 
 
 def reveal(result: Path, *, dataset: Path, keys_dir: Path, out: Path, reid_map: Path | None = None,

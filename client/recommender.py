@@ -16,7 +16,6 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from client.catalog_index import CatalogIndex
 from client.cold_start import DEFAULT_SETTINGS, ColdStartSettings, fit_cold_users
@@ -185,17 +184,17 @@ class NodeRecommender:
         top = np.where(pos >= 0, np.take_along_axis(pool, np.maximum(pos, 0), axis=1), -1)
         return top, _gather(scores, top)
 
-    def to_frame(self, users: np.ndarray, recs: Recommendations) -> pd.DataFrame:
+    def to_columns(self, users: np.ndarray, recs: Recommendations) -> dict[str, np.ndarray]:
         """Long format: one row per (user, rank) with ``user``, ``rank`` (1-based), ``item``, ``score``."""
         users = np.asarray(users, dtype=np.int64)
         valid = recs.items >= 0
         row, col = np.nonzero(valid)
-        return pd.DataFrame({
+        return {
             "user": self.user_ids[users][row],
             "rank": (col + 1).astype(np.int64),
             "item": self.item_ids[recs.items[row, col]],
             "score": recs.scores[row, col].astype(np.float64),
-        })
+        }
 
 
 def _check(k: int, diversity: float, penalty: float) -> None:

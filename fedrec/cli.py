@@ -30,6 +30,10 @@ cli_audit.register(app)
 cli_recommend.register(app)
 
 _err = Console(stderr=True)
+# Packages of the `full` extra: the node install (`pip install fedrec[node]`) leaves them out, and the node
+# path (ClientApp, `deploy node-config`, `recommend`, `serve`) never imports them.
+FULL_ONLY = {"pandas": "data preparation and reveal", "matplotlib": "plots",
+             "dp_accounting": "the auditor's independent epsilon recomputation"}
 
 
 def main() -> None:
@@ -40,6 +44,12 @@ def main() -> None:
         app()
     except FedrecError as exc:
         _err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        if exc.name not in FULL_ONLY:
+            raise
+        _err.print(f"[bold red]error:[/] this command needs {exc.name} ({FULL_ONLY[exc.name]}), which the node "
+                   "install leaves out: pip install 'fedrec\\[full]'", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         _err.print("[bold red]interrupted[/]")

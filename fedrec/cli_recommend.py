@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import pandas as pd
 import typer
 from rich.console import Console
 
+from client.result_file import FORMATS
 from shared.errors import FedrecError
 
 console = Console(stderr=True)
 
-FORMATS = (".csv", ".json", ".parquet")
 RunOpt = Annotated[Path | None, typer.Option(help="Run directory of `fedrec train` or `fedrec simulate`.")]
 PartitionOpt = Annotated[int | None, typer.Option(help="Simulated node of a federated run (default: all nodes).")]
 ModelOpt = Annotated[Path | None, typer.Option(help="Deployment: the coordinator's model file (model.pt).")]
@@ -30,10 +29,12 @@ RunKeyOpt = Annotated[str | None, typer.Option(help="Run key of the node state (
 
 def _source(run, partition, model, data, state_dir, run_key):
     from client.serving.source import ModelSource
-    from simulations.client_app import hand_over_partition
 
+    hand_over = None
+    if run is not None:  # a simulation's run directory: its nodes' data is partitioned as the simulation did
+        from simulations.client_app import hand_over_partition as hand_over
     return ModelSource(run=run, partition=partition, model=model, data=data, state_dir=state_dir, run_key=run_key,
-                       hand_over=hand_over_partition)
+                       hand_over=hand_over)
 
 
 def _check_options(k: int, diversity: float, popularity_penalty: float) -> None:
@@ -119,16 +120,16 @@ def register(app: typer.Typer) -> None:
                                      popularity_penalty=popularity_penalty, approximate=approximate)
             except ValueError as exc:  # options checked above; what is left is the model (--approximate: GMF)
                 raise FedrecError(f"{exc} (this run's model: {rec.cfg.model.name})") from exc
-            frames.append(rec.to_frame(rows, recs))
+            frames.append(rec.to_columns(rows, recs))
         if wanted is not None and len(found) < len(wanted):
             missing = [u for u in wanted if u not in found]
             raise FedrecError(f"{len(missing)} listed user(s) unknown to this node, e.g. {missing[0]}; nothing written")
-        frame = pd.concat(frames, ignore_index=True)
-        from client.data_owner import write_result
+        from client.result_file import concat, write_result
 
-        write_result(frame, out)
-        n_users = frame["user"].nunique()
-        console.print(f"{n_users} users × top-{k} ({len(frame)} rows) in {time.perf_counter() - t0:.1f} s -> {out}")
+        columns = concat(frames)
+        write_result(columns, out)
+        n_users, n_rows = len(np.unique(columns["user"])), len(columns["user"])
+        console.print(f"{n_users} users × top-{k} ({n_rows} rows) in {time.perf_counter() - t0:.1f} s -> {out}")
 
     @app.command()
     def serve(

@@ -146,7 +146,7 @@ def _write_lists(run: Path, cfg) -> Path:
     """Each simulated node's top-K lists, written where its data lives (here: the run's node directories)."""
     import dataclasses
 
-    from client.data_owner import write_result
+    from client.result_file import write_result
     from client.serving.source import ModelSource
     from simulations.client_app import hand_over_partition
 
@@ -156,6 +156,6 @@ def _write_lists(run: Path, cfg) -> Path:
     for pid in source.partitions():
         rec = dataclasses.replace(source, partition=pid).load()
         rows = np.arange(rec.n_users)
-        write_result(rec.to_frame(rows, rec.recommend(rows, cfg.eval.top_k, exclude_seen=True)),
+        write_result(rec.to_columns(rows, rec.recommend(rows, cfg.eval.top_k, exclude_seen=True)),
                      out / f"partition-{pid}.csv")
     return out

@@ -87,15 +87,22 @@ class RatingSums:
         return {"rmse": float(np.sqrt(_div(self.sse, self.count))), "mae": _div(self.sae, self.count)}
 
 
+PAIRS_PER_CHUNK = 8192  # (user, item) pairs scored at once: NeuMF keeps ~1.6 kB of activations per pair (13 MB)
+
+
 def _div(a: float, b: int) -> float:
     return float(a / b) if b else float("nan")
 
 
 @torch.no_grad()
-def score_pairs(model: torch.nn.Module, users: np.ndarray, items: np.ndarray, chunk: int = 2048) -> np.ndarray:
-    """Logits for (users (n,), items (n, T)); -1 items score -inf."""
+def score_pairs(model: torch.nn.Module, users: np.ndarray, items: np.ndarray, chunk: int | None = None) -> np.ndarray:
+    """Logits for (users (n,), items (n, T)); -1 items score -inf.
+
+    By default a chunk holds about 8k (user, item) pairs, as in :func:`score_all_items`.
+    """
     model.eval()
     out = np.empty(items.shape, np.float32)
+    chunk = chunk or max(1, PAIRS_PER_CHUNK // max(items.shape[1] if items.ndim > 1 else 1, 1))
     for s in range(0, len(users), chunk):
         it = items[s : s + chunk]
         logits = model(torch.from_numpy(users[s : s + chunk]), torch.from_numpy(np.maximum(it, 0)))
@@ -108,12 +115,13 @@ def score_all_items(model: Recommender, users: np.ndarray, chunk: int | None = N
                     ) -> Iterator[tuple[slice, np.ndarray]]:
     """Yield (slice into ``users``, logits (c, n_items)) over the whole catalog (:class:`CatalogScorer`).
 
-    By default a chunk holds about 65k (user, item) pairs, which bounds the memory of
-    the model's intermediate activations on edge devices.
+    By default a chunk holds about 8k (user, item) pairs (64k for GMF's dot product), which bounds the
+    memory of the model's intermediate activations on edge devices.
     """
     model.eval()
     scorer = CatalogScorer(model)
-    chunk = chunk or max(1, 65536 // max(model.n_items, 1))
+    pairs = PAIRS_PER_CHUNK if scorer.gmf is None else 8 * PAIRS_PER_CHUNK  # a dot product keeps no activations
+    chunk = chunk or max(1, pairs // max(model.n_items, 1))
     for s in range(0, len(users), chunk):
         rows = users[s : s + chunk]
         yield slice(s, s + len(rows)), scorer.rows(rows)
