@@ -165,5 +165,5 @@ def reveal(result: Path, *, dataset: Path, keys_dir: Path, out: Path, reid_map: 
     if titles is not None and "raw_item" in frame.columns:
         names = movielens.load_item_titles(titles)
         frame["title"] = frame["raw_item"].map(names).fillna("")
-    write_result(frame, out)
+    write_result({str(c): frame[c].to_numpy() for c in frame.columns}, out)
     return len(frame)

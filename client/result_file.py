@@ -26,30 +26,21 @@ def concat(parts: Sequence[Columns]) -> dict[str, np.ndarray]:
 
 
 def write_result(columns: Columns, path: Path) -> None:
-    """Write ``columns`` atomically (0600) in the format ``path``'s suffix names: CSV, JSON records or Parquet.
-
-    A pandas DataFrame is accepted too (the data owner's reveal writes one).
-    """
-    if hasattr(columns, "to_dict") and hasattr(columns, "columns"):  # a DataFrame
-        columns = {str(c): columns[c].to_numpy() for c in columns.columns}
-    import pyarrow as pa
-
-    table = pa.table({name: pa.array(np.asarray(v)) for name, v in columns.items()})
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        data = sink.getvalue().to_pybytes()
-    elif suffix == ".json":
+    """Write ``columns`` atomically (0600) in the format ``path``'s suffix names: CSV, JSON records or Parquet."""
+    if path.suffix.lower() == ".json":
         names = list(columns)
         rows = zip(*(np.asarray(columns[n]).tolist() for n in names), strict=True)
-        data = json.dumps([dict(zip(names, r, strict=True)) for r in rows], indent=1).encode()
-    else:
-        import pyarrow.csv as pacsv
+        atomic_write_bytes(path, json.dumps([dict(zip(names, r, strict=True)) for r in rows], indent=1).encode(),
+                           mode=0o600)
+        return
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
 
-        sink = pa.BufferOutputStream()
+    table = pa.table({name: pa.array(np.asarray(v)) for name, v in columns.items()})
+    sink = pa.BufferOutputStream()
+    if path.suffix.lower() == ".parquet":
+        pq.write_table(table, sink)
+    else:
         pacsv.write_csv(table, sink, pacsv.WriteOptions(quoting_style="needed"))
-        data = sink.getvalue().to_pybytes()
-    atomic_write_bytes(path, data, mode=0o600)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes(), mode=0o600)
