@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from client import personal
 from client.privacy import DPPlan, train_private
 from client.trainer import TrainResult, TrainSettings, make_optimizer, train_epochs, train_user_rows
 from shared import splits
@@ -70,13 +71,37 @@ class LocalNode:
         return local_state(model)
 
     def model(
-        self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None
+        self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None, *,
+        personal_view: bool = False,
     ) -> torch.nn.Module:
-        """A model holding the global part and this node's user embeddings."""
+        """A model holding the global part and this node's user embeddings.
+
+        ``personal_view``: with ``model.personalization = "dual"`` the global part is shifted by the node's
+        stored personal offsets first (:mod:`client.personal`): the model this node evaluates and serves with.
+        """
+        users, offsets = personal.split(local_part)
+        if personal_view and self.cfg.model.personalization == "dual":
+            global_part = personal.view(global_part, offsets)
         with torch_seed(self.cfg.seed, "model-shell", self.node_key):
             model = build_model(self.cfg, max(self.data.n_users, 1), self.data.n_items)
-        merge_state(model, global_part=global_part, local_part=local_part or self.fresh_local())
+        merge_state(model, global_part=global_part, local_part=users or self.fresh_local())
         return model
+
+    def settings_at(self, server_round: int) -> TrainSettings:
+        """This round's training settings: ``train.lr-decay ** (round - 1)`` times every local learning rate."""
+        factor = self.cfg.train.lr_decay ** max(server_round - 1, 0)
+        s = self.settings
+        if factor == 1.0:
+            return s
+        return replace(s, lr=s.lr * factor, item_lr=s.item_lr and s.item_lr * factor,
+                       bias_lr=s.bias_lr and s.bias_lr * factor)
+
+    def _kept(self, model: torch.nn.Module, received: dict[str, torch.Tensor], old: Tensors) -> Tensors:
+        """What the node stores after training: its user rows and (``dual``) its new personal offsets."""
+        kept = local_state(model)
+        if self.cfg.model.personalization == "dual":
+            return kept | personal.offsets(global_state(model), received)
+        return kept | old
 
     def train_round(
         self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None, server_round: int,
@@ -89,24 +114,26 @@ class LocalNode:
         run config can regenerate the noise or the sampled batches.
         """
         model = self.model(global_part, local_part)
+        old = personal.split(local_part)[1]
+        settings = self.settings_at(server_round)
         start = time.perf_counter()  # seconds cover the round's whole local training, user pass included
         if plan is not None:
-            result, _ = train_private(model, self.data, self.settings, plan, self.cfg,
+            result, _ = train_private(model, self.data, settings, plan, self.cfg,
                                       randomness=SecretRandomness.fresh())
-            return RoundOutcome(global_state(model), local_state(model), result)
+            return RoundOutcome(global_state(model), self._kept(model, global_part, old), result)
         if self.cfg.train.user_epochs:  # FedRecon-style: first fit this node's user rows to the received global part
-            train_user_rows(model, self.data, self.settings, epochs=self.cfg.train.user_epochs,
+            train_user_rows(model, self.data, settings, epochs=self.cfg.train.user_epochs,
                             lr=self.cfg.train.user_lr,
-                                  rng=numpy_rng(self.cfg.seed, "users", self.node_key, server_round))
+                            rng=numpy_rng(self.cfg.seed, "users", self.node_key, server_round))
         anchor = {k: v.detach().clone() for k, v in global_part.items()} if proximal_mu > 0 else None
         result = train_epochs(
-            model, self.data, self.settings, epochs=self.cfg.train.local_epochs,
+            model, self.data, settings, epochs=self.cfg.train.local_epochs,
             rng=numpy_rng(self.cfg.seed, "train", self.node_key, server_round),
-            optimizer=make_optimizer(model, self.settings),
+            optimizer=make_optimizer(model, settings),
             proximal=(proximal_mu, anchor) if anchor is not None else None,
         )
         result = replace(result, seconds=time.perf_counter() - start)
-        return RoundOutcome(global_state(model), local_state(model), result)
+        return RoundOutcome(global_state(model), self._kept(model, global_part, old), result)
 
     def release(
         self, kind: str, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None,
@@ -131,13 +158,13 @@ class LocalNode:
             stats, users = als_release(self.data, global_part[table].double().numpy(), plan, self.cfg, randomness)
             with torch.no_grad():
                 next(iter(model.user_emb.values())).weight.copy_(torch.from_numpy(users))
-            return stats, local_state(model), plan.release_sensitivity
+            return stats, local_state(model) | personal.split(local_part)[1], plan.release_sensitivity
         if plan.unit == "user" and self.cfg.train.user_epochs:
             train_user_rows(model, self.data, self.settings, epochs=self.cfg.train.user_epochs,
                             lr=self.cfg.train.user_lr,
                             rng=randomness.numpy)
         sums = gradient_release(model, self.data, self.settings, plan, self.cfg, randomness)
-        return sums, local_state(model), plan.release_sensitivity
+        return sums, local_state(model) | personal.split(local_part)[1], plan.release_sensitivity
 
     def fit_users(self, global_part: dict[str, torch.Tensor], epochs: int = FIT_EPOCHS) -> Tensors:
         """User rows fitted locally and noise-free to a global part they never trained with (a floor model)."""
@@ -155,7 +182,7 @@ class LocalNode:
         With ``eval.user-epochs`` the user rows are first refitted to ``global_part`` (noise-free, global part
         frozen) on this copy of the model only: the node's stored embeddings do not change.
         """
-        model = self.model(global_part, local_part)
+        model = self.model(global_part, local_part, personal_view=True)
         if self.cfg.dp.enabled and self.cfg.dp.mechanism == "als":  # the exact local solve against the received items
             from client.privacy.als import solve_users
 

@@ -39,6 +39,7 @@ class TrainSettings:
     item_lr: float | None = None  # None: lr; 0: item embeddings frozen
     bias_lr: float | None = None  # None: lr (item-bias table)
     chunk_pairs: int = 8192  # node-local memory bound of a DP step: scored pairs per physical chunk
+    negative_pool: str = "train"  # "unseen": the anchors' protocol, never the held-out items (non-private only)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, value_range: tuple[float, float] = (1.0, 5.0), *,
@@ -54,6 +55,7 @@ class TrainSettings:
             value_range=value_range,
             item_lr=0.0 if cfg.train.freeze_items else (cfg.train.item_lr or None),
             bias_lr=cfg.train.bias_lr or None,
+            negative_pool=cfg.train.negative_pool,
         )
 
 
@@ -100,11 +102,22 @@ class NegativeSampler:
     Rejection sampling against the sorted keys ``user * n_items + item`` of the
     training CSR (sorted by user, then item). After ``max_tries`` redraws any
     remaining collision is kept (only possible for users who saw almost everything).
+
+    ``held_out=True`` also rejects each user's validation and test items: the protocol of the NCF PyTorch
+    port that FedNCF/PFedRec/CoFedRec's code builds on (negatives from "all items the user never interacted
+    with"). It tells training which items are held out, so their scores are never pushed down: figures
+    under it are only comparable with those papers, not an honest estimate.
     """
 
-    def __init__(self, data: InteractionData, *, max_tries: int = 8) -> None:
+    def __init__(self, data: InteractionData, *, max_tries: int = 8, held_out: bool = False) -> None:
         self.n_items = data.n_items
-        self.keys = data.train_users().astype(np.int64) * data.n_items + data.train_items
+        users, items = data.train_users().astype(np.int64), data.train_items
+        if held_out:
+            rows = np.arange(data.n_users, dtype=np.int64)
+            extra = [(rows[h >= 0], h[h >= 0]) for h in (data.val_item, data.test_item)]
+            users = np.concatenate([users, *(u for u, _ in extra)])
+            items = np.concatenate([items, *(i for _, i in extra)])
+        self.keys = np.unique(users * data.n_items + items)
         self.max_tries = max_tries
 
     def __call__(self, users: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -130,7 +143,7 @@ def sample_negatives(data: InteractionData, users: np.ndarray, k: int, rng: np.r
 def implicit_batches(data: InteractionData, s: TrainSettings, rng: np.random.Generator) -> Iterator[Batch]:
     """Shuffled (users (B,), items (B, 1+k), targets (B, 1+k)) over every training positive."""
     users_all = data.train_users()
-    sampler = NegativeSampler(data)
+    sampler = NegativeSampler(data, held_out=s.negative_pool == "unseen")
     order = rng.permutation(data.n_train)
     for start in range(0, len(order), s.batch_size):
         idx = order[start : start + s.batch_size]

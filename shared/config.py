@@ -71,6 +71,10 @@ class ModelConfig:
     mlp_layers: str = opt("64,32,16", "Hidden layer widths of the MLP tower, comma-separated.", unit="units")
     mlp_activation: str = opt("sigmoid", "Activation of `model.name = mlp`.", choices=("sigmoid", "relu", "tanh"))
     item_bias: bool = opt(True, "A global per-item logit offset (under DP it starts at the DP log-popularity).")
+    personalization: str = opt(
+        "none", "`dual` (PFedRec): each node also keeps its own offset of the shared model from its last local "
+        "training (item rows it touched, dense layers) and evaluates and serves with global + offset; never sent.",
+        choices=("none", "dual"))
     item_init: str = opt("auto", "Item vectors from public genres, random, or `auto` (genres when the data has "
                          "them).", choices=("auto", "random", "genres"))
 
@@ -85,10 +89,17 @@ class TrainConfig:
     freeze_items: bool = opt(False, "Keep the item tables fixed (neither trained nor, under DP, noised).")
     bias_lr: float = opt(0.0, "Learning rate of the item-bias table. Not set (0): `train.lr`.", lo=0)
     weight_decay: float = opt(0.0, "L2 weight decay.", lo=0)
+    lr_decay: float = opt(1.0, "Round-wise decay: round r trains at `lr_decay^(r-1)` times every local learning "
+                          "rate (not the user passes).", lo=0, lo_open=True, hi=1.0)
     batch_size: int = opt(256, "Training interactions per step (non-private training).", unit="interactions",
                           lo=1)
     local_epochs: int = opt(1, "Passes over the node's interactions per round.", unit="epochs", lo=1)
     negatives: int = opt(4, "Uniform negatives sampled per positive.", unit="items", lo=1, hi=1000)
+    negative_pool: str = opt(
+        "train", "Where non-private training draws negatives: items outside the user's training set, or "
+        "`unseen`: also never the user's validation/test items, the protocol of the NCF PyTorch port that "
+        "FedNCF/PFedRec/CoFedRec's published figures use. `unseen` tells training the held-out items; use it "
+        "only to compare with those papers.", choices=("train", "unseen"))
     user_epochs: int = opt(1, "Noise-free local passes over the user rows before each round's training.",
                            unit="epochs", lo=0)
     user_lr: float = opt(0.01, "Learning rate of those user passes.", lo=0, lo_open=True)
@@ -251,6 +262,9 @@ def _old_value(old: str, raw: Any) -> list[tuple[str, Any]]:
     return [(new, raw)]
 
 
+_VALIDATED: dict[tuple, RunConfig] = {}  # validated run configs by their exact raw mapping
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Every knob of a fedrec run, grouped: ``cfg.dp.target_epsilon`` is key ``dp.target-epsilon``."""
@@ -288,6 +302,12 @@ class RunConfig:
         Unknown keys raise :class:`ConfigError` when ``strict`` (Flower adds none of its own); old flat keys map
         to their new names with a deprecation warning; missing keys take the defaults.
         """
+        try:  # a node validates the same run config on every message: reuse the typed result
+            memo = (strict, frozenset((k, type(v), v) for k, v in mapping.items()))
+            if memo in _VALIDATED:
+                return _VALIDATED[memo]
+        except TypeError:  # an unhashable value: validate (and report) it as usual
+            memo = None
         known = cls.keys()
         values: dict[str, Any] = {}
         for key, raw in mapping.items():
@@ -312,7 +332,12 @@ class RunConfig:
             parts = {name: GROUPS[name](**groups[name]) for name in GROUPS}
         except TypeError as exc:  # cannot happen for keys from known; keep the error readable anyway
             raise ConfigError("config", str(exc)) from None
-        return cls(**kwargs, **parts)
+        out = cls(**kwargs, **parts)
+        if memo is not None and not any(key in OLD_KEYS for key in mapping):  # old keys warn on every use
+            if len(_VALIDATED) >= 64:
+                _VALIDATED.clear()
+            _VALIDATED[memo] = out
+        return out
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> RunConfig:
         """A copy with ``overrides`` (grouped or old keys) applied and validated."""

@@ -35,7 +35,8 @@ class torch_seed:
 
     def __enter__(self) -> None:
         self._fork.__enter__()
-        torch.manual_seed(self._seed)
+        # the CPU generator only: torch.manual_seed also queues a lazy CUDA seeding that records a stack trace
+        torch.random.default_generator.manual_seed(self._seed)
 
     def __exit__(self, *exc: object) -> None:
         self._fork.__exit__(*exc)

@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.supercore.task_identity import TaskIdentity
 
+from client import personal
 from server import checkpoint
 from shared.config import RunConfig
 from shared.interactions import InteractionData
@@ -131,6 +132,7 @@ class WireRecorder:
         self.sent: list[tuple[str, bytes, Message]] = []  # (instruction type, reply bytes, decoded reply)
         self.state_dirs = state_dirs or {}
         self.user_rows: list[np.ndarray] = []  # every user-embedding table a node held after a reply
+        self.personal: list[np.ndarray] = []  # every personal offset array a node held (model.personalization)
 
     def __call__(self, msg: Message, context) -> Message:
         msg = message_from_proto(message_to_proto(msg))
@@ -140,6 +142,8 @@ class WireRecorder:
         for path in Path(self.state_dirs.get(context.node_id, "/nonexistent")).glob("*/user_emb.pt"):
             state = torch.load(path, weights_only=True)["state"]
             self.user_rows += [t.numpy() for k, t in state.items() if k.startswith(LOCAL_PREFIX)]
+            self.personal += [t.numpy() for k, t in state.items() if k.startswith(personal.PREFIX)
+                              and t.is_floating_point()]
         return message_from_proto(message_to_proto(reply))
 
     def blob(self) -> bytes:

@@ -68,8 +68,9 @@ def run(data: DemoData, root: Path, **extra) -> WireRecorder:
     return recorder
 
 
-@pytest.mark.parametrize("mode", [{"transport.compression": "fp16"}, {"transport.secure-aggregation": True}],
-                         ids=["plain-fp16", "secagg"])
+@pytest.mark.parametrize("mode", [{"transport.compression": "fp16"}, {"transport.secure-aggregation": True},
+                                  {"transport.compression": "fp16", "model.personalization": "dual"}],
+                         ids=["plain-fp16", "secagg", "personal-fp16"])
 def test_nothing_private_leaves_a_node(federation, tmp_path, mode):
     data, raw = federation
     recorder = run(data, tmp_path, **mode)
@@ -92,6 +93,13 @@ def test_nothing_private_leaves_a_node(federation, tmp_path, mode):
     if sent_rows:
         dist = torch.cdist(torch.from_numpy(rows.astype(np.float32)), torch.from_numpy(np.concatenate(sent_rows)))
         assert float(dist.min()) > 1e-3
+    # 3b. no personal offset (dual personalization): no row of one, as float32 or float16 bytes
+    assert bool(recorder.personal) == ("model.personalization" in mode)
+    for offset in recorder.personal:
+        for row in offset.reshape(-1, offset.shape[-1]) if offset.ndim > 1 else [offset]:
+            for dtype in (np.float32, np.float16):
+                if row.size >= 8 and np.any(row.astype(dtype)):
+                    assert row.astype(dtype).tobytes() not in blob
     # 4. structure: global arrays, scalar metrics, signed ledger entries; nothing else
     cfg = RunConfig.from_mapping({**MODEL_AVERAGING,
                                   "data.catalog-path": str(data.catalog), "model.name": "neumf",

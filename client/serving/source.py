@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from client import personal
 from client.node import refit_user_rows
 from client.node_data import resolve_node_data
 from client.recommender import NodeRecommender
@@ -224,7 +225,10 @@ def _assemble(cfg: RunConfig, global_part: dict, data: InteractionData, items: n
     if users != users_fingerprint(data.user_ids):
         raise FedrecError(f"{state}: these user embeddings belong to a different set of users than the node's data")
     model = _shell(cfg, data.n_users, len(items))
-    try:
+    local, offsets = personal.split(local)
+    try:  # serve the node's personal model (dual personalization), as it was evaluated
+        if cfg.model.personalization == "dual":
+            global_part = personal.view(global_part, offsets)
         merge_state(model, global_part=global_part, local_part=local)
     except ValueError as exc:
         raise FedrecError(f"model and node state do not fit together: {exc}") from None

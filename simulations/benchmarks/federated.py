@@ -17,6 +17,7 @@ round/epoch. Wall times include evaluation.
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +46,10 @@ CROSS_DEVICE = {**NONPRIVATE,
                 "model.item-bias": True,
                 "federation.max-update-norm": 1000.0,  # 15 local Adam steps at 0.05 move ~800 rows
                 "eval.user-epochs": 1}  # a user trains in ~10 % of rounds: refit to the current model before eval
-ANCHORS = {"PFedRec": [0.733, 0.444], "FedNCF": [0.605, None], "FedRecon": [0.633, None]}
+# published HR@10 / NDCG@10, ML-1M one user per client; their code draws training negatives from items outside
+# the user's *whole* history (validation and test items included): ``train.negative-pool = "unseen"``
+ANCHORS = {"PFedRec": [0.733, 0.444], "CoFedRec": [0.778, None], "FedNCF": [0.605, None],
+           "FedRecon": [0.633, None]}
 
 
 def silos(rounds: int, out_dir: Path) -> dict:
@@ -69,16 +73,40 @@ def silos(rounds: int, out_dir: Path) -> dict:
             "wall_ratio": fed_wall / central_wall}
 
 
-def cross_device(rounds: int, out_dir: Path) -> dict:
-    cfg = RunConfig.from_mapping({**CROSS_DEVICE, "federation.rounds": rounds, "data.partitions": 6040,
-                                  "federation.min-nodes": 6040, "eval.patience": 3})
-    start = time.perf_counter()
-    summary, _, _ = run_federation_inprocess(cfg, out_dir / "cross-device")
-    wall = time.perf_counter() - start
-    return {"scenario": "ml1m-cross-device", "hr10": summary.test["hr10"], "ndcg10": summary.test["ndcg10"],
+CROSS_DEVICE_USERS = {"ml-1m": 6040, "ml-100k": 943}
+
+
+def cross_device(dataset: str, rounds: int, out_dir: Path, *, fraction: float = 0.1, personalization: str = "none",
+                 negative_pool: str = "train", lr_decay: float = 1.0, seed: int = 42) -> dict:
+    """One user per node on ``dataset``; validated every ``1/fraction`` rounds (a user's expected visit), >= 2."""
+    users = CROSS_DEVICE_USERS[dataset]
+    every = max(2, round(1 / fraction))
+    cfg = RunConfig.from_mapping({**CROSS_DEVICE, "data.path": f"movielens:{dataset}", "data.partitions": users,
+                                  "federation.min-nodes": users, "federation.rounds": rounds,
+                                  "federation.fraction-train": fraction, "eval.every": every, "eval.patience": 3,
+                                  "model.personalization": personalization, "train.negative-pool": negative_pool,
+                                  "train.lr-decay": lr_decay, "seed": seed})
+    name = f"{dataset}-f{fraction:g}-{personalization}-{negative_pool}-d{lr_decay:g}-s{seed}"
+    summary, records, wall = run_federation_inprocess(cfg, out_dir / name)
+    trained = [r for r in records if r.get("bytes_up_per_node")]
+    return {"scenario": f"{dataset}-cross-device", "personalization": personalization,
+            "negative_pool": negative_pool, "lr_decay": lr_decay, "seed": seed,
+            "hr10": summary.test["hr10"], "ndcg10": summary.test["ndcg10"],
             "hr10_full": summary.test.get("hr10_full"), "ndcg10_full": summary.test.get("ndcg10_full"),
-            "rounds": summary.rounds_run, "best_round": summary.best_round, "wall_seconds": wall,
+            "rounds": summary.rounds_run, "best_round": summary.best_round, "fraction_per_round": fraction,
+            "wall_seconds": wall, "round_seconds": wall / max(summary.rounds_run, 1),
+            "bytes_up_per_node_round": sum(r["bytes_up_per_node"] for r in trained) / max(len(trained), 1),
             "central_hr10": None, "central_wall_seconds": None, "anchors": ANCHORS}
+
+
+def seed_mean(rows: list[dict]) -> dict:
+    """The seed-averaged row of one configuration (metrics averaged, per-seed values kept)."""
+    out = dict(rows[0], seed=[r["seed"] for r in rows])
+    for key in ("hr10", "ndcg10", "hr10_full", "ndcg10_full", "wall_seconds", "round_seconds", "best_round"):
+        values = [r[key] for r in rows if r[key] is not None]
+        out[key] = sum(values) / len(values) if values else None
+        out[f"{key}_per_seed"] = [r[key] for r in rows]
+    return out
 
 
 def main() -> None:
@@ -86,20 +114,34 @@ def main() -> None:
     parser.add_argument("--scenarios", default="silos,cross-device")
     parser.add_argument("--silo-rounds", type=int, default=15)
     parser.add_argument("--cross-device-rounds", type=int, default=100)
+    parser.add_argument("--datasets", default="ml-1m", help="cross-device datasets: ml-1m, ml-100k")
+    parser.add_argument("--fraction", type=float, default=0.1, help="cross-device: nodes sampled per round")
+    parser.add_argument("--personalization", default="none", help="comma-separated: none, dual")
+    parser.add_argument("--negative-pool", default="train",
+                        help="comma-separated: train (honest), unseen (the anchors' protocol: see train.negative-pool)")
+    parser.add_argument("--lr-decay", type=float, default=1.0)
+    parser.add_argument("--seeds", default="42", help="comma-separated seeds; figures are averaged over them")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 when running two at once)")
     parser.add_argument("--work-dir", default=None, help="where run directories go (default: a temp dir)")
     args = parser.parse_args()
     use_data_dir(args.data_dir)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fedrec-federated-"))
     rows = []
     if "silos" in args.scenarios:
         rows.append(silos(args.silo_rounds, work))
     if "cross-device" in args.scenarios:
-        rows.append(cross_device(args.cross_device_rounds, work))
-    print_table(rows, ["scenario", "hr10", "ndcg10", "hr10_full", "ndcg10_full", "rounds", "best_round",
-                       "wall_seconds", "central_hr10", "central_wall_seconds"], "federated ML-1M (NCF test split)")
-    print("  anchors (one user per node): " + ", ".join(f"{k} {v[0]}" for k, v in ANCHORS.items()))
-    write_json(args.out, {r["scenario"]: r for r in rows})
+        for dataset, personalization, pool in itertools.product(
+                args.datasets.split(","), args.personalization.split(","), args.negative_pool.split(",")):
+            rows.append(seed_mean([cross_device(dataset, args.cross_device_rounds, work, fraction=args.fraction,
+                                                personalization=personalization, negative_pool=pool,
+                                                lr_decay=args.lr_decay, seed=int(seed))
+                                   for seed in args.seeds.split(",")]))
+    print_table(rows, ["scenario", "personalization", "negative_pool", "hr10", "ndcg10", "hr10_full", "ndcg10_full",
+                       "rounds", "best_round", "wall_seconds", "central_hr10"], "federated (NCF test split)")
+    print("  anchors (one user per node, their protocol = negative_pool unseen): "
+          + ", ".join(f"{k} {v[0]}" for k, v in ANCHORS.items()))
+    write_json(args.out, {"rows": rows})
 
 
 if __name__ == "__main__":
