@@ -103,9 +103,9 @@ class NegativeSampler:
     training CSR (sorted by user, then item). After ``max_tries`` redraws any
     remaining collision is kept (only possible for users who saw almost everything).
 
-    ``held_out=True`` also rejects each user's validation and test items: the protocol of the NCF PyTorch
-    port that FedNCF/PFedRec/CoFedRec's code builds on (negatives from "all items the user never interacted
-    with"). It tells training which items are held out, so their scores are never pushed down: figures
+    ``held_out=True`` also rejects each user's validation and test items: the protocol of PFedRec's code
+    (and GPFedRec's, which uses the same sampler): negatives from "all items the user never interacted
+    with". It tells training which items are held out, so their scores are never pushed down: figures
     under it are only comparable with those papers, not an honest estimate.
     """
 

@@ -97,9 +97,9 @@ class TrainConfig:
     negatives: int = opt(4, "Uniform negatives sampled per positive.", unit="items", lo=1, hi=1000)
     negative_pool: str = opt(
         "train", "Where non-private training draws negatives: items outside the user's training set, or "
-        "`unseen`: also never the user's validation/test items, the protocol of the NCF PyTorch port that "
-        "FedNCF/PFedRec/CoFedRec's published figures use. `unseen` tells training the held-out items; use it "
-        "only to compare with those papers.", choices=("train", "unseen"))
+        "`unseen`: also never the user's validation/test items, the protocol of PFedRec's and GPFedRec's "
+        "code. `unseen` tells training the held-out items; use it only to compare with those papers.",
+        choices=("train", "unseen"))
     user_epochs: int = opt(1, "Noise-free local passes over the user rows before each round's training.",
                            unit="epochs", lo=0)
     user_lr: float = opt(0.01, "Learning rate of those user passes.", lo=0, lo_open=True)

@@ -1,15 +1,19 @@
-"""Federated vs centralized on ML-1M (NCF test split): 10 silos, and one user per node.
+"""Federated vs centralized on ML-1M (NCF test split): 10 silos, and one user per node (ML-1M, ML-100K).
 
     python -m simulations.benchmarks.federated --data-dir ../shared/data --out FILE.json
+    python -m simulations.benchmarks.federated --data-dir ../shared/data --scenarios cross-device \
+        --datasets ml-100k --fraction 1.0 --personalization none,dual --negative-pool train,unseen --out FILE.json
 
 - ``silos``: 10 silos through the Flower runtime (``fedrec simulate``: `flwr run` on a
   local SuperLink with Ray), no DP, against the centralized reference trained with
   the same model, settings and total number of local epochs (rounds x local epochs).
-- ``cross-device``: one user per node (6040 nodes, a fraction sampled per round),
-  run with the in-process runtime (the real ClientApp and coordinator, no Ray: a
-  Ray actor pool on two cores spends more on 6040 virtual nodes than on training).
-  Compared with published federated anchors (HR@10 / NDCG@10): PFedRec 0.733 / 0.444,
-  FedNCF 0.605, FedRecon 0.633.
+- ``cross-device``: one user per node (6040 or 943 nodes, ``--fraction`` sampled per
+  round), run with the in-process runtime (the real ClientApp and coordinator, no Ray: a
+  Ray actor pool on two cores spends more on thousands of virtual nodes than on training),
+  for every combination of ``--datasets``, ``--personalization`` and ``--negative-pool``,
+  averaged over ``--seeds``. Published anchors (ML-1M HR@10 / NDCG@10): PFedRec 0.733 /
+  0.444, CoFedRec 0.778, FedNCF 0.605, FedRecon 0.633; PFedRec's code draws training
+  negatives outside the user's whole history (``--negative-pool unseen``).
 
 Both sides select the model on validation HR@10; test figures come from the selected
 round/epoch. Wall times include evaluation.
@@ -46,7 +50,7 @@ CROSS_DEVICE = {**NONPRIVATE,
                 "model.item-bias": True,
                 "federation.max-update-norm": 1000.0,  # 15 local Adam steps at 0.05 move ~800 rows
                 "eval.user-epochs": 1}  # a user trains in ~10 % of rounds: refit to the current model before eval
-# published HR@10 / NDCG@10, ML-1M one user per client; their code draws training negatives from items outside
+# published HR@10 / NDCG@10, ML-1M one user per client. PFedRec's code draws training negatives from items outside
 # the user's *whole* history (validation and test items included): ``train.negative-pool = "unseen"``
 ANCHORS = {"PFedRec": [0.733, 0.444], "CoFedRec": [0.778, None], "FedNCF": [0.605, None],
            "FedRecon": [0.633, None]}
@@ -139,7 +143,7 @@ def main() -> None:
                                    for seed in args.seeds.split(",")]))
     print_table(rows, ["scenario", "personalization", "negative_pool", "hr10", "ndcg10", "hr10_full", "ndcg10_full",
                        "rounds", "best_round", "wall_seconds", "central_hr10"], "federated (NCF test split)")
-    print("  anchors (one user per node, their protocol = negative_pool unseen): "
+    print("  published anchors (one user per node; PFedRec's protocol = negative_pool unseen): "
           + ", ".join(f"{k} {v[0]}" for k, v in ANCHORS.items()))
     write_json(args.out, {"rows": rows})
 
