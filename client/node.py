@@ -149,6 +149,7 @@ class LocalNode:
         from client.privacy.releases import frequency_release, frequency_sensitivity, gradient_release
 
         randomness = SecretRandomness.fresh()
+        offsets = personal.split(local_part)[1]  # a release trains nothing personal: the stored offsets stay
         if kind == "frequency":
             return OrderedDict(counts=frequency_release(self.data, plan, randomness)), None, \
                 frequency_sensitivity(plan)
@@ -158,13 +159,13 @@ class LocalNode:
             stats, users = als_release(self.data, global_part[table].double().numpy(), plan, self.cfg, randomness)
             with torch.no_grad():
                 next(iter(model.user_emb.values())).weight.copy_(torch.from_numpy(users))
-            return stats, local_state(model) | personal.split(local_part)[1], plan.release_sensitivity
+            return stats, local_state(model) | offsets, plan.release_sensitivity
         if plan.unit == "user" and self.cfg.train.user_epochs:
             train_user_rows(model, self.data, self.settings, epochs=self.cfg.train.user_epochs,
                             lr=self.cfg.train.user_lr,
                             rng=randomness.numpy)
         sums = gradient_release(model, self.data, self.settings, plan, self.cfg, randomness)
-        return sums, local_state(model) | personal.split(local_part)[1], plan.release_sensitivity
+        return sums, local_state(model) | offsets, plan.release_sensitivity
 
     def fit_users(self, global_part: dict[str, torch.Tensor], epochs: int = FIT_EPOCHS) -> Tensors:
         """User rows fitted locally and noise-free to a global part they never trained with (a floor model)."""

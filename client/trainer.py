@@ -111,13 +111,11 @@ class NegativeSampler:
 
     def __init__(self, data: InteractionData, *, max_tries: int = 8, held_out: bool = False) -> None:
         self.n_items = data.n_items
-        users, items = data.train_users().astype(np.int64), data.train_items
+        self.keys = data.train_users().astype(np.int64) * data.n_items + data.train_items  # sorted: CSR order
         if held_out:
             rows = np.arange(data.n_users, dtype=np.int64)
-            extra = [(rows[h >= 0], h[h >= 0]) for h in (data.val_item, data.test_item)]
-            users = np.concatenate([users, *(u for u, _ in extra)])
-            items = np.concatenate([items, *(i for _, i in extra)])
-        self.keys = np.unique(users * data.n_items + items)
+            extra = [rows[h >= 0] * data.n_items + h[h >= 0] for h in (data.val_item, data.test_item)]
+            self.keys = np.unique(np.concatenate([self.keys, *extra]))
         self.max_tries = max_tries
 
     def __call__(self, users: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
