@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from client.optimizers import Adam
 from shared.config import RunConfig
 from shared.losses import PerSampleBCE
 from shared.models import build_model, local_state, merge_state
@@ -89,7 +90,7 @@ def fit_cold_users(
     weight = weight.float()
     criterion = PerSampleBCE(reduction="sum")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    optimizer = Adam(params, lr=settings.lr)
     rng = numpy_rng(cfg.seed, stream, "negatives")
     items_pos = torch.from_numpy(pos_mat)
     for _ in range(settings.steps):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from client.optimizers import SGD, Adam
 from shared.config import RunConfig
 from shared.interactions import InteractionData
 from shared.losses import PerSampleBCE, PerSampleMSE
@@ -40,6 +41,7 @@ class TrainSettings:
     bias_lr: float | None = None  # None: lr (item-bias table)
     chunk_pairs: int = 8192  # node-local memory bound of a DP step: scored pairs per physical chunk
     negative_pool: str = "train"  # "unseen": the anchors' protocol, never the held-out items (non-private only)
+    negative_candidates: int = 0  # > 0: a call's negatives come from this many items drawn once (bounds touched rows)
 
     @classmethod
     def from_config(cls, cfg: RunConfig, value_range: tuple[float, float] = (1.0, 5.0), *,
@@ -56,6 +58,7 @@ class TrainSettings:
             item_lr=0.0 if cfg.train.freeze_items else (cfg.train.item_lr or None),
             bias_lr=cfg.train.bias_lr or None,
             negative_pool=cfg.train.negative_pool,
+            negative_candidates=cfg.train.negative_candidates,
         )
 
 
@@ -85,8 +88,8 @@ def make_optimizer(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer:
     groups = [g for g in ({"params": rest}, {"params": items, "lr": s.item_lr or s.lr},
                           {"params": bias, "lr": s.bias_lr or s.lr}) if g["params"]]
     if s.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=s.lr, weight_decay=s.weight_decay)
-    return torch.optim.SGD(groups, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
+        return Adam(groups, lr=s.lr, weight_decay=s.weight_decay)
+    return SGD(groups, lr=s.lr, momentum=0.9, weight_decay=s.weight_decay)
 
 
 def make_criterion(s: TrainSettings, reduction: str = "mean") -> nn.Module:
@@ -103,14 +106,19 @@ class NegativeSampler:
     training CSR (sorted by user, then item). After ``max_tries`` redraws any
     remaining collision is kept (only possible for users who saw almost everything).
 
+    ``candidates`` (item indices) restricts the draws to those items, uniformly: the rows a training call
+    touches are then its positives plus ``candidates``, whatever the catalog's size.
+
     ``held_out=True`` also rejects each user's validation and test items: the protocol of PFedRec's code
     (and GPFedRec's, which uses the same sampler): negatives from "all items the user never interacted
     with". It tells training which items are held out, so their scores are never pushed down: figures
     under it are only comparable with those papers, not an honest estimate.
     """
 
-    def __init__(self, data: InteractionData, *, max_tries: int = 8, held_out: bool = False) -> None:
+    def __init__(self, data: InteractionData, *, max_tries: int = 8, held_out: bool = False,
+                 candidates: np.ndarray | None = None) -> None:
         self.n_items = data.n_items
+        self.candidates = candidates
         self.keys = data.train_users().astype(np.int64) * data.n_items + data.train_items  # sorted: CSR order
         if held_out:
             rows = np.arange(data.n_users, dtype=np.int64)
@@ -121,7 +129,7 @@ class NegativeSampler:
     def __call__(self, users: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
         """(len(users), k) item indices."""
         keys, n_items = self.keys, self.n_items
-        neg = rng.integers(0, n_items, size=(len(users), k))
+        neg = self._draw(rng, (len(users), k))
         if not len(keys):
             return neg
         for _ in range(self.max_tries):
@@ -129,8 +137,13 @@ class NegativeSampler:
             hit = keys[np.searchsorted(keys, probe).clip(max=len(keys) - 1)] == probe
             if not hit.any():
                 break
-            neg[hit] = rng.integers(0, n_items, size=int(hit.sum()))
+            neg[hit] = self._draw(rng, int(hit.sum()))
         return neg
+
+    def _draw(self, rng: np.random.Generator, size: int | tuple[int, int]) -> np.ndarray:
+        if self.candidates is None:
+            return rng.integers(0, self.n_items, size=size)
+        return self.candidates[rng.integers(0, len(self.candidates), size=size)]
 
 
 def sample_negatives(data: InteractionData, users: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -138,10 +151,19 @@ def sample_negatives(data: InteractionData, users: np.ndarray, k: int, rng: np.r
     return NegativeSampler(data)(users, k, rng)
 
 
-def implicit_batches(data: InteractionData, s: TrainSettings, rng: np.random.Generator) -> Iterator[Batch]:
+def training_sampler(data: InteractionData, s: TrainSettings, rng: np.random.Generator) -> NegativeSampler:
+    """The negative sampler of one training call: ``s.negative_candidates`` distinct items drawn from ``rng``
+    once (all items when 0 or at least the catalog), and the pool ``s.negative_pool`` names."""
+    n = s.negative_candidates
+    candidates = np.sort(rng.choice(data.n_items, size=n, replace=False)) if 0 < n < data.n_items else None
+    return NegativeSampler(data, held_out=s.negative_pool == "unseen", candidates=candidates)
+
+
+def implicit_batches(data: InteractionData, s: TrainSettings, rng: np.random.Generator,
+                     sampler: NegativeSampler | None = None) -> Iterator[Batch]:
     """Shuffled (users (B,), items (B, 1+k), targets (B, 1+k)) over every training positive."""
     users_all = data.train_users()
-    sampler = NegativeSampler(data, held_out=s.negative_pool == "unseen")
+    sampler = sampler or training_sampler(data, s, rng)
     order = rng.permutation(data.n_train)
     for start in range(0, len(order), s.batch_size):
         idx = order[start : start + s.batch_size]
@@ -166,9 +188,10 @@ def explicit_batches(data: InteractionData, s: TrainSettings, rng: np.random.Gen
         )
 
 
-def batches(data: InteractionData, s: TrainSettings, rng: np.random.Generator) -> Iterator[Batch]:
+def batches(data: InteractionData, s: TrainSettings, rng: np.random.Generator,
+            sampler: NegativeSampler | None = None) -> Iterator[Batch]:
     """The task's batch stream for one epoch."""
-    return implicit_batches(data, s, rng) if s.task == "implicit" else explicit_batches(data, s, rng)
+    return implicit_batches(data, s, rng, sampler) if s.task == "implicit" else explicit_batches(data, s, rng)
 
 
 def train_epochs(
@@ -195,8 +218,9 @@ def train_epochs(
     if proximal is not None:
         params = dict(model.named_parameters())
         anchored = [(params[k], v) for k, v in proximal[1].items() if k in params]
+    sampler = training_sampler(data, s, rng) if s.task == "implicit" else None  # one candidate pool per call
     for _ in range(epochs):
-        for users, items, targets in batches(data, s, rng):
+        for users, items, targets in batches(data, s, rng, sampler):
             optimizer.zero_grad(set_to_none=True)
             data_loss = criterion(model(users, items), targets)
             loss = data_loss
@@ -226,7 +250,7 @@ def train_user_rows(model: nn.Module, data: InteractionData, s: TrainSettings, *
     frozen = [p for n, p in model.named_parameters() if not is_local(n)]
     for p in frozen:
         p.requires_grad_(False)
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = Adam(params, lr=lr)
     criterion = make_criterion(s)
     model.train()
     for _ in range(epochs):

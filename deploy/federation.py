@@ -135,8 +135,9 @@ class LocalDeployment:
 
     # --- SuperNodes -----------------------------------------------------------------------------
     def start_supernode(self, spec: NodeSpec, *, ca_cert: Path | None = None,
-                        extra_args: list[str] | None = None) -> ManagedProcess:
-        """``flower-supernode`` for ``spec`` (TLS with ``ca_cert``, default: the federation CA)."""
+                        extra_args: list[str] | None = None, env: Mapping[str, str] | None = None) -> ManagedProcess:
+        """``flower-supernode`` for ``spec`` (TLS with ``ca_cert``, default: the federation CA); ``env`` is added
+        to its environment, which its ClientApp processes inherit."""
         home = self.root / "nodes" / spec.name
         config = write_node_config(spec, home / "node.toml")
         cmd = [str(BIN / "flower-supernode"), "--root-certificates", str(ca_cert or self.certs.ca_cert),
@@ -144,7 +145,7 @@ class LocalDeployment:
                "--node-config", str(config)]
         if spec.auth_key is not None:
             cmd += ["--auth-supernode-private-key", str(spec.auth_key)]
-        return self._start(f"supernode-{spec.name}", cmd + list(extra_args or []), home / "flwr-home")
+        return self._start(f"supernode-{spec.name}", cmd + list(extra_args or []), home / "flwr-home", env)
 
     # --- runs -------------------------------------------------------------------------------------
     def run(self, overrides: Mapping[str, Any], config_path: Path, *, timeout: float = 1800.0) -> ManagedProcess:
@@ -161,7 +162,8 @@ class LocalDeployment:
             raise FedrecError(f"flwr run did not finish within {timeout:.0f} s; log {proc.log_path}") from None
         return proc
 
-    def _start(self, name: str, cmd: list[str], flwr_home: Path) -> ManagedProcess:
-        proc = start(name, cmd, self.root / "logs" / f"{name}.log", fedrec_env(flwr_home))
+    def _start(self, name: str, cmd: list[str], flwr_home: Path,
+               env: Mapping[str, str] | None = None) -> ManagedProcess:
+        proc = start(name, cmd, self.root / "logs" / f"{name}.log", fedrec_env(flwr_home, env))
         self.processes.append(proc)
         return proc

@@ -100,6 +100,11 @@ class TrainConfig:
         "`unseen`: also never the user's validation/test items, the protocol of PFedRec's and GPFedRec's "
         "code. `unseen` tells training the held-out items; use it only to compare with those papers.",
         choices=("train", "unseen"))
+    negative_candidates: int = opt(
+        0, "Non-private training: draw each round's negatives from this many distinct items, drawn once per "
+        "round per node (per epoch in `fedrec train`). Not set (0): the whole catalog. Bounds the item rows a "
+        "round touches, and so a sparse update, to the node's positives plus these candidates.",
+        unit="items", lo=0)
     user_epochs: int = opt(1, "Noise-free local passes over the user rows before each round's training.",
                            unit="epochs", lo=0)
     user_lr: float = opt(0.01, "Learning rate of those user passes.", lo=0, lo_open=True)
@@ -411,6 +416,11 @@ def check_rules(cfg: RunConfig) -> None:
                                                     "or the coordinator's noise (dp.noise = central)")
     if not dp.enabled:
         return
+    tr = cfg.train
+    if tr.negative_candidates > 0 or tr.negative_pool != "train":
+        key = "train.negative-candidates" if tr.negative_candidates > 0 else "train.negative-pool"
+        raise ConfigError(key, "a knob of non-private training: DP samples each user's negatives uniformly from "
+                               "the whole catalog (client/privacy/samples.py); unset it or set dp.enabled = false")
     if dp.row_threshold > 0 and (dp.mechanism != "sgd" or dp.noise == "distributed"):
         raise ConfigError("dp.row-threshold", "DP row selection is a step of dp.mechanism = sgd with dp.noise = "
                                               "local or central (SecAgg+ under distributed noise needs dense sums)")

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +161,13 @@ def heavy_and_light() -> InteractionData:
         train_values=np.ones(505, np.float32), val_item=np.full(2, -1), val_value=np.zeros(2, np.float32),
         test_item=np.full(2, -1), test_value=np.zeros(2, np.float32),
         val_negatives=np.full((2, 99), -1), test_negatives=np.full((2, 99), -1))
+
+
+def served_address(proc: subprocess.Popen, lines: Iterable[str]) -> str:
+    """The ``127.0.0.1:PORT`` a starting ``fedrec serve`` reports on ``lines`` (its stdout or stderr)."""
+    seen = []
+    for line in lines:
+        seen.append(line)
+        if m := re.search(r"on (127\.0\.0\.1:\d+)", line):
+            return m.group(1)
+    raise AssertionError(f"fedrec serve exited ({proc.poll()}) without reporting its address:\n{''.join(seen)}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -27,7 +26,7 @@ from client.serving.server import SERVICE, start_server
 from client.serving.source import ModelSource
 from shared.errors import FedrecError
 from shared.rundir import RunDirectory, load_model_payload
-from tests.support import MODEL_AVERAGING, train_small
+from tests.support import MODEL_AVERAGING, served_address, train_small
 
 SMALL = {**MODEL_AVERAGING, "data.synthetic-users": 120, "data.synthetic-items": 200, "model.name": "gmf",
          "train.epochs": 2, "eval.patience": 0,
@@ -264,13 +263,7 @@ def test_fedrec_serve_cli_reloads_on_sighup_and_stops_on_sigterm(run_dir, tmp_pa
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        target = None
-        for line in proc.stderr:
-            if m := re.search(r"on (127\.0\.0\.1:\d+)", line):
-                target = m.group(1)
-                break
-        assert target, "fedrec serve did not report its address"
-        with RecommenderClient(target) as client:
+        with RecommenderClient(served_address(proc, proc.stderr)) as client:
             user = ModelSource(run=live).load().user_ids[0]
             first = client.recommend(user, 5).model_version
             perturbed_model(run_dir, live / "model.pt")

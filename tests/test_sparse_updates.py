@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from client.trainer import NegativeSampler, TrainSettings, train_epochs
 from server import checkpoint
 from server.guard import ReplyGuard, densify_rows
 from shared.config import RunConfig
 from shared.errors import ConfigError
+from shared.interactions import InteractionData
+from shared.models import build_model
 from shared.sparse_rows import ROWS, VALUES, decode, encode
 from tests.support import MODEL_AVERAGING, federate, records
 
@@ -127,3 +131,53 @@ def test_a_sparse_federation_trains_exactly_the_dense_model_with_fewer_bytes(tmp
     for key, value in arrays["dense"].items():
         np.testing.assert_array_equal(arrays["sparse"][key], value, err_msg=key)  # bit for bit
     assert up["sparse"] < 0.5 * up["dense"], up  # measured 0.33: ~100 positives x 4 negatives of 2,000 rows
+
+
+def few_items_each(users: int, per_user: int, n_items: int) -> InteractionData:
+    rng = np.random.default_rng(3)
+    items = np.concatenate([np.sort(rng.choice(n_items, per_user, replace=False)) for _ in range(users)])
+    none = np.full(users, -1)
+    return InteractionData(
+        user_ids=np.array([f"u{i}" for i in range(users)]), n_items=n_items,
+        train_indptr=np.arange(0, users * per_user + 1, per_user), train_items=items,
+        train_values=np.ones(len(items), np.float32), val_item=none, val_value=np.ones(users, np.float32),
+        test_item=none, test_value=np.ones(users, np.float32), val_negatives=np.full((users, 99), -1),
+        test_negatives=np.full((users, 99), -1))
+
+
+@pytest.mark.parametrize("candidates", [0, 50])
+def test_bounded_negative_candidates_touch_only_the_positives_and_the_drawn_candidates(candidates):
+    """``train.negative-candidates``: one training call changes the item rows of its positives and its drawn
+    candidates, nothing else; unbounded (0), the negatives reach far more of the catalog."""
+    cfg = RunConfig.from_mapping({**MODEL_AVERAGING, "model.name": "gmf", "model.embedding-dim": 8,
+                                  "train.negative-candidates": candidates, "train.local-epochs": 3})
+    data = few_items_each(users=20, per_user=10, n_items=3000)
+    s = TrainSettings.from_config(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, data.n_users, data.n_items)
+    before = model.state_dict()["item_emb.gmf.weight"].clone()
+    train_epochs(model, data, s, epochs=3, rng=np.random.default_rng(7))
+    changed = set(np.flatnonzero((model.state_dict()["item_emb.gmf.weight"] != before).any(dim=1).numpy()).tolist())
+    positives = set(data.train_items.tolist())
+    negatives = changed - positives
+    if candidates:  # the sampler's first draw from the call's rng is the candidate set
+        drawn = set(np.random.default_rng(7).choice(data.n_items, size=candidates, replace=False).tolist())
+        assert negatives <= drawn and len(negatives) > 0.8 * candidates, (len(negatives), candidates)
+    else:
+        assert len(negatives) > 10 * candidates + 1000  # 3 epochs x 4 negatives x 200 positives over 3,000 items
+
+
+def test_negative_candidates_keep_the_users_own_items_out():
+    data = few_items_each(users=1, per_user=20, n_items=200)
+    own = set(data.train_items.tolist())
+    pool = np.array(sorted(own)[:3] + [i for i in range(200) if i not in own][:5])  # 3 of the 8 are the user's own
+    neg = NegativeSampler(data, candidates=pool)(np.zeros(2000, np.int64), 1, np.random.default_rng(0))
+    assert set(neg.ravel()) == set(pool.tolist()) - own
+
+
+@pytest.mark.parametrize("knob", [{"train.negative-candidates": 100}, {"train.negative-pool": "unseen"}])
+def test_non_private_negative_knobs_are_refused_under_dp(knob):
+    """DP draws its own negatives (client/privacy/samples.py): a knob it would ignore is an error, not a no-op."""
+    RunConfig.from_mapping({**MODEL_AVERAGING, **knob})  # fine without DP
+    with pytest.raises(ConfigError, match=next(iter(knob)).replace(".", r"\.")):
+        RunConfig.from_mapping({**MODEL_AVERAGING, **knob, "dp.enabled": True})

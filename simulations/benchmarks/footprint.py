@@ -37,8 +37,13 @@ SILO_RUN = {**NONPRIVATE,
 # gradient sum per round; central noise, since one node cannot run SecAgg+) with the edge node_config
 RELEASE = {"dp.mechanism": "sgd", "dp.noise": "central", "dp.frequency-share": 0.1, "dp.floor-below": 0.0,
            "dp.sample-rate": 1.0, "federation.rounds": 2}
-SETTINGS = {"default": ({}, 0), "edge": ({"eval.full-rank": False}, 512),
-            "edge-sgd": ({**RELEASE, "eval.full-rank": False}, 512)}
+# (run config, chunk-pairs, SuperNode environment); edge-trim runs the SuperNode (and so its ClientApps) with glibc's
+# MALLOC_TRIM_THRESHOLD_=0: freed heap goes back to the OS at once, for a lower peak and slower training
+TRIM = {"MALLOC_TRIM_THRESHOLD_": "0"}
+SETTINGS = {"default": ({}, 0, {}), "edge": ({"eval.full-rank": False}, 512, {}),
+            "edge-trim": ({"eval.full-rank": False}, 512, TRIM),
+            "edge-sgd": ({**RELEASE, "eval.full-rank": False}, 512, {}),
+            "edge-sgd-trim": ({**RELEASE, "eval.full-rank": False}, 512, TRIM)}
 
 
 def _kb(pid: int, field: str, source: str = "status") -> int:
@@ -100,7 +105,8 @@ def ml1m_silo(out: Path, *, silo: int = 0, silos: int = 10, seed: int = 42) -> P
     return out
 
 
-def measure_rss(work: Path, silo_dir: Path, overrides: dict[str, Any], chunk_pairs: int = 0) -> dict[str, Any]:
+def measure_rss(work: Path, silo_dir: Path, overrides: dict[str, Any], chunk_pairs: int = 0,
+                env: dict[str, str] | None = None) -> dict[str, Any]:
     """Idle and peak memory of one real SuperNode running one DP round on ``silo_dir``."""
     from deploy.certs import CertPaths, create_ca_and_server, create_node_keys
     from deploy.federation import LocalDeployment, NodeSpec
@@ -112,7 +118,7 @@ def measure_rss(work: Path, silo_dir: Path, overrides: dict[str, Any], chunk_pai
         dep.start_superlink()
         dep.register(certs.node_pub("edge-1"), "edge-1")
         node = dep.start_supernode(NodeSpec("edge-1", silo_dir, work / "state", certs.node_key("edge-1"),
-                                            chunk_pairs=chunk_pairs))
+                                            chunk_pairs=chunk_pairs), env=env)
         dep.wait_online(1)
         time.sleep(3.0)  # settle
         idle = [TreeSampler(node.pid).sample() for _ in range(10)]
@@ -124,16 +130,33 @@ def measure_rss(work: Path, silo_dir: Path, overrides: dict[str, Any], chunk_pai
         sampler.join()
         if run.proc.returncode != 0:
             raise RuntimeError(f"flwr run failed; see {run.log_path}")
-    apps = list(sampler.clientapps.values())  # in start order: train (release), evaluate, ...
+    apps = list(sampler.clientapps.values())  # in start order: one process per message
+    kinds = message_kinds({**SILO_RUN, **overrides})
+    if len(apps) != len(kinds):
+        raise RuntimeError(f"expected {len(kinds)} ClientApp processes ({', '.join(kinds)}), sampled {len(apps)}")
     record = json.loads((work / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     mb = 1 / 1024
+
+    def peak(kind: str, field: int = 0) -> float | None:
+        values = [a[field] for a, k in zip(apps, kinds, strict=True) if k == kind]
+        return max(values) * mb if values else None
+
     return {"idle_rss_mb": max(r for r, _ in idle) * mb, "idle_pss_mb": max(p for _, p in idle) * mb,
             "peak_rss_mb": sampler.peak_rss * mb, "peak_pss_mb": sampler.peak_pss * mb,
-            "train_clientapp_hwm_mb": apps[0][0] * mb, "train_clientapp_anon_mb": apps[0][1] * mb,
-            "eval_clientapp_hwm_mb": apps[1][0] * mb if len(apps) > 1 else None,
+            "train_clientapp_hwm_mb": peak("train"), "train_clientapp_anon_mb": peak("train", 1),
+            "release_clientapp_hwm_mb": peak("release"), "eval_clientapp_hwm_mb": peak("evaluate"),
             "clientapp_hwm_max_mb": max(a[0] for a in apps) * mb, "clientapp_hwm_mb": [a[0] * mb for a in apps],
+            "clientapp_kinds": kinds,
             "epsilon": record.get("epsilon_max"), "train_examples": record["train_examples"],
-            "val": record.get("val"), "bytes_up": record["bytes_up_per_node"], "leftovers": dep.leftovers()}
+            "val": record.get("val"), "train_seconds": record.get("train_seconds_max"),
+            "bytes_up": record["bytes_up_per_node"], "leftovers": dep.leftovers()}
+
+
+def message_kinds(run: dict[str, Any]) -> list[str]:
+    """What each ClientApp process of a one-node run handles, in order: the frequency release first (mechanisms
+    that start from DP counts), then a train and an evaluate message per round, then the final test pass."""
+    release = run.get("dp.mechanism") in ("sgd", "als") and run.get("dp.frequency-share", 0) > 0
+    return ["release"] * release + ["train", "evaluate"] * int(run["federation.rounds"]) + ["evaluate"]
 
 
 def run_inprocess(overrides: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
@@ -174,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--ml1m", action="store_true", help="also measure compression on ML-1M (10 silos)")
     parser.add_argument("--ml1m-rounds", type=int, default=3)
     parser.add_argument("--synthetic-rounds", type=int, default=5)
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="rss settings: " + ", ".join(SETTINGS))
     args = parser.parse_args(argv)
     use_data_dir(args.data_dir)
     from shared.config import load_toml_config
@@ -188,14 +212,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = {k: ml1m[k] for k in ("model.name", "model.embedding-dim", "model.mlp-layers", "train.lr",
                                       "train.batch-size")}
         rows = []
-        for name, (extra, chunk_pairs) in SETTINGS.items():
-            row = {"setting": name, **measure_rss(work / f"rss-{name}", silo, {**model, **extra}, chunk_pairs),
-                   "overrides": extra, "chunk_pairs": chunk_pairs or 8192}
+        for i, name in enumerate(args.settings.split(",")):  # a setting may repeat: each gets its own deployment
+            extra, chunk_pairs, env = SETTINGS[name]
+            row = {"setting": name, **measure_rss(work / f"rss-{i}-{name}", silo, {**model, **extra}, chunk_pairs,
+                                                  env),
+                   "overrides": extra, "chunk_pairs": chunk_pairs or 8192, "env": " ".join(f"{k}={v}" for k, v in
+                                                                                          env.items())}
             rows.append(row)
+            print(json.dumps(row, default=str), flush=True)
         doc["rss"] = {"model": model, "silo": str(silo), "rows": rows}
-        print_table(rows, ["setting", "chunk_pairs", "idle_rss_mb", "idle_pss_mb", "train_clientapp_hwm_mb",
-                           "train_clientapp_anon_mb", "eval_clientapp_hwm_mb", "clientapp_hwm_max_mb", "peak_rss_mb",
-                           "peak_pss_mb"],
+        print_table(rows, ["setting", "chunk_pairs", "env", "train_seconds", "idle_rss_mb", "idle_pss_mb",
+                           "train_clientapp_hwm_mb", "train_clientapp_anon_mb", "release_clientapp_hwm_mb",
+                           "eval_clientapp_hwm_mb", "clientapp_hwm_max_mb", "peak_rss_mb", "peak_pss_mb"],
                     "SuperNode footprint (MB), one DP round on an ML-1M silo (1/10); goal <= 500 MB while training")
     if "compression" in parts:
         rows = compression("synthetic", {**load_toml_config(preset_path("synthetic")), "eval.patience": 0,

@@ -11,6 +11,8 @@
 
 - ``dp`` (``--dp-items``): DP training at a large catalog, noise on every row vs DP row selection (DP-AdaFEST:
   noise on the selected rows only, sparse replies): HR@10, bytes up, rows selected, epsilon spent.
+- ``--negative-candidates``: sparse again with each round's negatives drawn from that many items per node
+  (``train.negative-candidates``): the touched rows, and so the bytes, are then the positives plus those.
 - ``quality``: dense and sparse trained for ``--quality-rounds`` rounds at ``--quality-items`` items: HR@10 and
   NDCG@10 (99 sampled negatives) of each, which must agree (the sparse encoding is exact).
 
@@ -18,6 +20,7 @@ Each cost is fitted on log-log axes (slope = how it grows) and printed with the 
 
     python -m simulations.benchmarks.scale --out /tmp/scale.json [--items 4000,100000,1000000]
         [--nodes 10,1000,10000] [--ray-nodes 10,1000] [--quality-items 100000 --quality-rounds 10] [--work-dir DIR]
+        [--negative-candidates 2000,8000]
         [--dp-items 100000 --dp-users 5000 --dp-rounds 20 --dp-epsilon 8]
 """
 
@@ -75,7 +78,18 @@ def point(sweep: str, runtime: str, mode: str, items: int, nodes: int, records: 
             "round_wall_seconds": rec.get("seconds"), **extra}
 
 
-def items_sweep(sizes: list[int], work: Path) -> list[dict]:
+# Each measured setting: (transport.item-updates, train.negative-candidates); 0 = negatives from the whole catalog.
+def settings(candidates: list[int]) -> list[tuple[str, int]]:
+    return [("dense", 0), ("sparse", 0)] + [("sparse", c) for c in candidates if c > 0]
+
+
+def series(r: dict) -> tuple[str, str, str]:
+    """The curve a point belongs to: (sweep, runtime, mode, with its negative candidates when bounded)."""
+    c = r.get("negative_candidates") or 0
+    return r["sweep"], r["runtime"], r["mode"] + (f" c{c}" if c else "")
+
+
+def items_sweep(sizes: list[int], work: Path, candidates: list[int] = ()) -> list[dict]:
     rows: list[dict] = []
     if not sizes:
         return rows
@@ -84,28 +98,31 @@ def items_sweep(sizes: list[int], work: Path) -> list[dict]:
     for n_items in sizes:
         path = catalog_dataset(n_items, work)
         node_rss = None
-        for mode in ("dense", "sparse"):
-            cfg = RunConfig.from_mapping({**ITEMS_RUN, "data.path": str(path), "transport.item-updates": mode})
+        for mode, c in settings(list(candidates)):
+            cfg = RunConfig.from_mapping({**ITEMS_RUN, "data.path": str(path), "transport.item-updates": mode,
+                                          "train.negative-candidates": c})
             if node_rss is None:  # a node trains a dense table either way: one measurement per catalog
                 node_rss = node_peak_rss(cfg)
             reset_peak_rss()
-            summary, records, wall = run_federation_inprocess(cfg, fresh(work / f"items-{n_items}-{mode}"))
+            summary, records, wall = run_federation_inprocess(cfg, fresh(work / f"items-{n_items}-{mode}-c{c}"))
             rows.append(point("items", "inprocess", mode, n_items, 10, records, node_peak_rss_mb=node_rss,
                               coordinator_peak_rss_mb=peak_rss_mb(), hr10=summary.test["hr10"],
-                              wall_seconds=wall))
+                              wall_seconds=wall, negative_candidates=c))
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def quality(n_items: int, rounds: int, work: Path) -> list[dict]:
+def quality(n_items: int, rounds: int, work: Path, candidates: list[int] = ()) -> list[dict]:
     """HR@10 (sampled, 99 negatives) of dense and sparse training over ``rounds`` rounds at ``n_items`` items."""
     out = []
-    for mode in ("dense", "sparse"):
+    for mode, c in settings(list(candidates)):
         cfg = RunConfig.from_mapping({**ITEMS_RUN, "data.path": str(catalog_dataset(n_items, work)),
-                                      "transport.item-updates": mode, "federation.rounds": rounds})
-        summary, records, wall = run_federation_inprocess(cfg, fresh(work / f"quality-{n_items}-{mode}"))
+                                      "transport.item-updates": mode, "federation.rounds": rounds,
+                                      "train.negative-candidates": c})
+        summary, records, wall = run_federation_inprocess(cfg, fresh(work / f"quality-{n_items}-{mode}-c{c}"))
         up = float(np.mean([r["bytes_up_per_node"] for r in records]))
-        out.append({"mode": mode, "items": n_items, "rounds": rounds, "best_round": summary.best_round,
+        out.append({"mode": mode, "negative_candidates": c, "items": n_items, "rounds": rounds,
+                    "best_round": summary.best_round,
                     "hr10": summary.test["hr10"], "ndcg10": summary.test["ndcg10"],
                     "bytes_up_per_node_round": up, "wall_seconds": wall})
         print(json.dumps(out[-1]), flush=True)
@@ -207,8 +224,8 @@ def slopes(rows: list[dict]) -> list[dict]:
     out = []
     costs = ("bytes_up_per_node_round", "node_round_seconds", "aggregation_seconds", "round_wall_seconds",
              "coordinator_peak_rss_mb")
-    for key in sorted({(r["sweep"], r["runtime"], r["mode"]) for r in rows}):
-        group = [r for r in rows if (r["sweep"], r["runtime"], r["mode"]) == key]
+    for key in sorted({series(r) for r in rows}):
+        group = [r for r in rows if series(r) == key]
         size = "items" if key[0] == "items" else "nodes"
         for cost in costs:
             pts = [(r[size], r[cost]) for r in group if r.get(cost)]
@@ -226,9 +243,8 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for (sweep, runtime, mode) in sorted({(r["sweep"], r["runtime"], r["mode"]) for r in rows}):
-        group = sorted((r for r in rows if (r["sweep"], r["runtime"], r["mode"]) == (sweep, runtime, mode)),
-                       key=lambda r: r[sweep])
+    for (sweep, runtime, mode) in sorted({series(r) for r in rows}):
+        group = sorted((r for r in rows if series(r) == (sweep, runtime, mode)), key=lambda r: r[sweep])
         xs = [r[sweep] for r in group]
         label = f"{runtime} {mode}"
         if sweep == "items":
@@ -242,7 +258,8 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_title(title)
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        if ax.lines:  # a sweep that did not run leaves its panel empty
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -258,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ray-nodes", default="10,1000")
     parser.add_argument("--quality-items", type=int, default=100000, help="catalog of the dense-vs-sparse HR check")
     parser.add_argument("--quality-rounds", type=int, default=10, help="rounds of that check (0: skip it)")
+    parser.add_argument("--negative-candidates", default="",
+                        help="also run sparse with train.negative-candidates = each of these (comma-separated)")
     parser.add_argument("--work-dir", default=None, help="keep datasets and runs here (default: a temp dir)")
     parser.add_argument("--dp-items", default="", help="catalogs of the DP check, e.g. 100000,1000000 (empty: skip)")
     parser.add_argument("--dp-users", type=int, default=5000, help="users of the DP check's datasets (10 silos)")
@@ -270,19 +289,22 @@ def main(argv: list[str] | None = None) -> None:
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fedrec-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    rows = items_sweep(_ints(args.items), work) + nodes_sweep(_ints(args.nodes), _ints(args.ray_nodes), work)
-    checks = quality(args.quality_items, args.quality_rounds, work) if args.quality_rounds else []
+    cands = _ints(args.negative_candidates)
+    rows = items_sweep(_ints(args.items), work, cands) + nodes_sweep(_ints(args.nodes), _ints(args.ray_nodes), work)
+    checks = quality(args.quality_items, args.quality_rounds, work, cands) if args.quality_rounds else []
     modes = args.dp_modes.split(",")
     private = [p for n in _ints(args.dp_items) for p in dp_quality(n, args.dp_users, args.dp_rounds, args.dp_epsilon,
                                                                     args.dp_threshold, work, modes)]
     fits = slopes(rows)
-    columns = ["sweep", "runtime", "mode", "items", "nodes", "bytes_up_per_node_round", "bytes_down_per_node_round",
+    columns = ["sweep", "runtime", "mode", "negative_candidates", "items", "nodes", "bytes_up_per_node_round",
+               "bytes_down_per_node_round",
                "node_round_seconds", "aggregation_seconds", "round_wall_seconds", "node_peak_rss_mb",
                "coordinator_peak_rss_mb"]
     print_table(rows, columns, "Cost of one round (GMF 32, non-private)")
     print_table(fits, ["sweep", "runtime", "mode", "cost", "slope"], "log-log slopes (1 = linear)")
     if checks:
-        print_table(checks, ["mode", "items", "rounds", "best_round", "hr10", "ndcg10", "bytes_up_per_node_round"],
+        print_table(checks, ["mode", "negative_candidates", "items", "rounds", "best_round", "hr10", "ndcg10",
+                             "bytes_up_per_node_round"],
                     "dense vs sparse: the same model")
     if private:
         print_table(private, ["mode", "items", "users", "epsilon", "row_threshold", "rounds", "hr10", "ndcg10",
