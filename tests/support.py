@@ -5,12 +5,15 @@ No test module imports another test module: what two of them need lives here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -163,11 +166,26 @@ def heavy_and_light() -> InteractionData:
         val_negatives=np.full((2, 99), -1), test_negatives=np.full((2, 99), -1))
 
 
-def served_address(proc: subprocess.Popen, lines: Iterable[str]) -> str:
-    """The ``127.0.0.1:PORT`` a starting ``fedrec serve`` reports on ``lines`` (its stdout or stderr)."""
-    seen = []
-    for line in lines:
-        seen.append(line)
-        if m := re.search(r"on (127\.0\.0\.1:\d+)", line):
-            return m.group(1)
-    raise AssertionError(f"fedrec serve exited ({proc.poll()}) without reporting its address:\n{''.join(seen)}")
+
+@contextlib.contextmanager
+def serving(cmd: list[str], **popen: Any) -> Iterator[tuple[subprocess.Popen, str]]:
+    """Start ``fedrec serve`` (``cmd``, its log on stdout or stderr as ``popen`` says), yield it with the address it
+    reports; on leaving, SIGTERM must stop it with exit status 0 (it is killed if it does not)."""
+    proc = subprocess.Popen(cmd, text=True, **popen)
+    try:
+        lines = proc.stderr if popen.get("stderr") == subprocess.PIPE else proc.stdout
+        seen = []
+        for line in lines:
+            seen.append(line)
+            if m := re.search(r"on (127\.0\.0\.1:\d+)", line):
+                break
+        else:
+            raise AssertionError(f"fedrec serve exited ({proc.poll()}) without reporting its address:\n"
+                                 f"{''.join(seen)}")
+        yield proc, m.group(1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -3,7 +3,6 @@ the node path works without them; a command that needs them says which extra to 
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ from shared.config import RunConfig
 from shared.datasets import synthetic_tables
 from simulations.client_app import app as client_app
 from simulations.inprocess import InProcessGrid
-from tests.support import MODEL_AVERAGING, served_address
+from tests.support import MODEL_AVERAGING, serving
 
 # The interpreter of a node install, here: the three `full` packages are not found (as if not installed).
 WITHOUT_FULL = ("import sys\n"
@@ -59,20 +58,11 @@ def test_a_node_without_the_full_extra_configures_itself_and_writes_its_top_k(tm
     listed = read_result(tmp_path / "top.csv")
     user = str(listed["user"].iloc[0])
     model = str(tmp_path / "run" / "model.pt")
-    serve = subprocess.Popen([sys.executable, "-c", WITHOUT_FULL, "serve", "--model", model,
-                              "--data", str(data_dir), "--state-dir", str(state), "--port", "0"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        with RecommenderClient(served_address(serve, serve.stdout)) as client:
-            served = [item for item, _ in client.recommend(user, 5).items]
-        assert served == listed[listed["user"] == user].sort_values("rank")["item"].astype(str).tolist()
-        serve.send_signal(signal.SIGTERM)
-        assert serve.wait(timeout=30) == 0
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()
-
+    with serving([sys.executable, "-c", WITHOUT_FULL, "serve", "--model", model, "--data", str(data_dir),
+                  "--state-dir", str(state), "--port", "0"], stdout=subprocess.PIPE,
+                 stderr=subprocess.STDOUT) as (_, target), RecommenderClient(target) as client:
+        served = [item for item, _ in client.recommend(user, 5).items]
+    assert served == listed[listed["user"] == user].sort_values("rank")["item"].astype(str).tolist()
 
 def test_a_command_that_needs_the_full_extra_names_it_and_writes_nothing(tmp_path):
     raw = tmp_path / "raw.csv"

@@ -26,7 +26,7 @@ from client.serving.server import SERVICE, start_server
 from client.serving.source import ModelSource
 from shared.errors import FedrecError
 from shared.rundir import RunDirectory, load_model_payload
-from tests.support import MODEL_AVERAGING, served_address, train_small
+from tests.support import MODEL_AVERAGING, serving, train_small
 
 SMALL = {**MODEL_AVERAGING, "data.synthetic-users": 120, "data.synthetic-items": 200, "model.name": "gmf",
          "train.epochs": 2, "eval.patience": 0,
@@ -259,22 +259,14 @@ def test_reload_under_load_drops_no_request(run_dir, tmp_path):
 def test_fedrec_serve_cli_reloads_on_sighup_and_stops_on_sigterm(run_dir, tmp_path):
     live = tmp_path / "live"
     shutil.copytree(run_dir, live)
-    proc = subprocess.Popen([sys.executable, "-m", "fedrec.cli", "serve", "--run", str(live), "--port", "0"],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        with RecommenderClient(served_address(proc, proc.stderr)) as client:
-            user = ModelSource(run=live).load().user_ids[0]
-            first = client.recommend(user, 5).model_version
-            perturbed_model(run_dir, live / "model.pt")
-            proc.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + 60
-            while client.recommend(user, 5).model_version == first and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert client.recommend(user, 5).model_version != first
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    with serving([sys.executable, "-m", "fedrec.cli", "serve", "--run", str(live), "--port", "0"],
+                 stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                 env={**os.environ, "OMP_NUM_THREADS": "1"}) as (proc, target), RecommenderClient(target) as client:
+        user = ModelSource(run=live).load().user_ids[0]
+        first = client.recommend(user, 5).model_version
+        perturbed_model(run_dir, live / "model.pt")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while client.recommend(user, 5).model_version == first and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.recommend(user, 5).model_version != first
