@@ -9,6 +9,7 @@ derives from (seed, node, round), so training is deterministic.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -239,12 +240,18 @@ def train_epochs(
     )
 
 
+TOL_BLOCK_STEPS = 100  # train_user_rows(tol=...): optimizer steps per convergence check, at least
+
+
 def train_user_rows(model: nn.Module, data: InteractionData, s: TrainSettings, *, epochs: int, lr: float,
-                    rng: np.random.Generator) -> None:
+                    rng: np.random.Generator, tol: float | None = None) -> int:
     """Noise-free local passes over the node's data updating only ``user_emb.*``, the global part frozen.
 
     FedRecon's user phase: used before each round's training, before evaluation and serving (on a copy),
-    and under the user unit of DP (user rows are never released, so this costs no privacy).
+    and under the user unit of DP (user rows are never released, so this costs no privacy). With ``tol``,
+    ``epochs`` is a cap: the passes stop once a block's mean training loss improves on the previous block's by
+    less than ``tol`` (relative); a block is whole passes of at least ``TOL_BLOCK_STEPS`` optimizer steps, so a
+    small node is not judged on a few noisy steps. It reads the node's training data only. Returns the passes.
     """
     params = [p for n, p in model.named_parameters() if is_local(n)]
     frozen = [p for n, p in model.named_parameters() if not is_local(n)]
@@ -253,10 +260,21 @@ def train_user_rows(model: nn.Module, data: InteractionData, s: TrainSettings, *
     optimizer = Adam(params, lr=lr)
     criterion = make_criterion(s)
     model.train()
-    for _ in range(epochs):
+    previous, done, total, steps = math.inf, 0, 0.0, 0
+    while done < epochs:
         for users, items, targets in implicit_batches(data, s, rng):
             optimizer.zero_grad(set_to_none=True)
-            criterion(model(users, items), targets).backward()
+            loss = criterion(model(users, items), targets)
+            loss.backward()
             optimizer.step()
+            if tol is not None:
+                total, steps = total + loss.item(), steps + 1
+        done += 1
+        if tol is not None and steps >= TOL_BLOCK_STEPS:  # a small node's passes are pooled into one block
+            mean, total, steps = total / steps, 0.0, 0
+            if previous - mean < tol * abs(previous):
+                break
+            previous = mean
     for p in frozen:
         p.requires_grad_(True)
+    return done

@@ -250,3 +250,28 @@ def test_the_floor_model_scores_by_the_dot_product_and_the_dp_bias():
         arrays = {k: v.numpy() for k, v in initial_model(cfg)[0].items()}
         _floor_output_layer(arrays, 8)
         assert arrays["out.weight"].ravel().tolist() == expected and arrays["out.bias"].tolist() == [0.0]
+
+
+def test_a_never_trained_node_fits_its_user_rows_to_convergence(data):
+    """The floor model's user rows: passes stop on the training-loss rule (here more than the old fixed 5, within
+    the cap), a loose tolerance stops sooner, and the fit explains the node's items better than 5 passes do."""
+    from client.node import FIT_EPOCHS, FIT_TOL
+    from client.trainer import train_user_rows
+
+    cfg = RunConfig.from_mapping({**RELEASES, "model.item-init": "random"})
+    s = TrainSettings.from_config(cfg)
+
+    def fitted(**kw):
+        torch.manual_seed(0)
+        model = build_model(cfg, data.n_users, data.n_items)
+        passes = train_user_rows(model, data, s, lr=cfg.train.user_lr, rng=np.random.default_rng(1), **kw)
+        users, items = torch.from_numpy(data.train_users()), torch.from_numpy(data.train_items).unsqueeze(1)
+        with torch.no_grad():  # mean BCE of the positives: how well the rows explain the node's own items
+            loss = make_criterion(s)(model(users, items), torch.ones_like(items, dtype=torch.float32)).item()
+        return passes, loss
+
+    converged, loss_converged = fitted(epochs=FIT_EPOCHS, tol=FIT_TOL)
+    five, loss_five = fitted(epochs=5)
+    loose, _ = fitted(epochs=FIT_EPOCHS, tol=0.9)  # stops at the second block: it cannot improve by 90 %
+    assert five == 5 and 5 < converged <= FIT_EPOCHS and loose < converged
+    assert loss_converged < loss_five

@@ -10,7 +10,8 @@ release in one process.
 - ``popularity``: every user gets the items with the highest DP counts (seen items excluded).
 - ``genres``: GMF whose item vectors are the public genre initialisation and whose item biases are
   ``log(1 + DP count)`` (centred), with ``h = 1``; each user's vector is fitted locally and
-  noise-free to its own interactions (``train.user-epochs`` passes at ``train.user-lr``), as a node does.
+  noise-free to its own interactions at ``train.user-lr``, to convergence by the rule a node uses
+  (``client.node.FIT_TOL``, at most ``FIT_EPOCHS`` passes).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from client.node import FIT_EPOCHS, FIT_TOL
 from client.privacy.plan import DPPlan
 from client.privacy.releases import frequency_release
 from client.trainer import TrainSettings, train_user_rows
@@ -35,8 +37,6 @@ from shared.interactions import InteractionData
 from shared.models import build_model, init_items_from_metadata
 from shared.prepared import genre_matrix
 from shared.secret_random import SecretRandomness
-
-FIT_EPOCHS = 5  # noise-free local passes that fit each user's vector to the public item side
 
 
 def floor_point(kind: str, eps: float, values: dict[str, Any], work: Path) -> dict[str, Any]:
@@ -69,7 +69,7 @@ def floor_point(kind: str, eps: float, values: dict[str, Any], work: Path) -> di
         with torch.no_grad():
             for table in model.user_emb.values():
                 table.weight.normal_(0.0, 0.01)
-        train_user_rows(model, data, settings, epochs=FIT_EPOCHS, lr=max(cfg.train.user_lr, 0.01), rng=rng)
+        train_user_rows(model, data, settings, epochs=FIT_EPOCHS, lr=cfg.train.user_lr, rng=rng, tol=FIT_TOL)
     test = evaluate_ranking(model, data, "test", k=cfg.eval.top_k, full_rank=True).means(cfg.eval.top_k)
     return {
         "unit": "user", "mechanism": kind, "epsilon": account([(z, 1.0, 1)], cfg.dp.delta, cfg.dp.accountant),
