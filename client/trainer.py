@@ -260,9 +260,10 @@ def train_user_rows(model: nn.Module, data: InteractionData, s: TrainSettings, *
     optimizer = Adam(params, lr=lr)
     criterion = make_criterion(s)
     model.train()
+    sampler = training_sampler(data, s, rng)  # one negative pool for the whole fit, as in train_epochs
     previous, done, total, steps = math.inf, 0, 0.0, 0
     while done < epochs:
-        for users, items, targets in implicit_batches(data, s, rng):
+        for users, items, targets in implicit_batches(data, s, rng, sampler):
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(users, items), targets)
             loss.backward()

@@ -166,7 +166,6 @@ def heavy_and_light() -> InteractionData:
         val_negatives=np.full((2, 99), -1), test_negatives=np.full((2, 99), -1))
 
 
-
 @contextlib.contextmanager
 def serving(cmd: list[str], **popen: Any) -> Iterator[tuple[subprocess.Popen, str]]:
     """Start ``fedrec serve`` (``cmd``, its log on stdout or stderr as ``popen`` says), yield it with the address it

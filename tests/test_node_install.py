@@ -64,6 +64,7 @@ def test_a_node_without_the_full_extra_configures_itself_and_writes_its_top_k(tm
         served = [item for item, _ in client.recommend(user, 5).items]
     assert served == listed[listed["user"] == user].sort_values("rank")["item"].astype(str).tolist()
 
+
 def test_a_command_that_needs_the_full_extra_names_it_and_writes_nothing(tmp_path):
     raw = tmp_path / "raw.csv"
     raw.write_text("user,item,timestamp\nu1,i1,1\nu1,i2,2\n")

@@ -55,7 +55,7 @@ def test_a_parameter_in_two_groups_is_refused():
 
 
 def test_node_training_plain_and_dp_never_imports_torch_dynamo():
-    """torch.optim imports torch._dynamo (+73 MB) on its first use; a node's training must not."""
+    """torch.optim imports torch._dynamo (+30 MB beside torch and Opacus) on its first use; node training must not."""
     code = """
 import sys
 from client.privacy import plan_for, train_private

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,7 @@ def point(sweep: str, runtime: str, mode: str, items: int, nodes: int, records: 
 
 
 # Each measured setting: (transport.item-updates, train.negative-candidates); 0 = negatives from the whole catalog.
-def settings(candidates: list[int]) -> list[tuple[str, int]]:
+def settings(candidates: Sequence[int]) -> list[tuple[str, int]]:
     return [("dense", 0), ("sparse", 0)] + [("sparse", c) for c in candidates if c > 0]
 
 
@@ -89,7 +90,7 @@ def series(r: dict) -> tuple[str, str, str]:
     return r["sweep"], r["runtime"], r["mode"] + (f" c{c}" if c else "")
 
 
-def items_sweep(sizes: list[int], work: Path, candidates: list[int] = ()) -> list[dict]:
+def items_sweep(sizes: list[int], work: Path, candidates: Sequence[int] = ()) -> list[dict]:
     rows: list[dict] = []
     if not sizes:
         return rows
@@ -98,7 +99,7 @@ def items_sweep(sizes: list[int], work: Path, candidates: list[int] = ()) -> lis
     for n_items in sizes:
         path = catalog_dataset(n_items, work)
         node_rss = None
-        for mode, c in settings(list(candidates)):
+        for mode, c in settings(candidates):
             cfg = RunConfig.from_mapping({**ITEMS_RUN, "data.path": str(path), "transport.item-updates": mode,
                                           "train.negative-candidates": c})
             if node_rss is None:  # a node trains a dense table either way: one measurement per catalog
@@ -112,10 +113,10 @@ def items_sweep(sizes: list[int], work: Path, candidates: list[int] = ()) -> lis
     return rows
 
 
-def quality(n_items: int, rounds: int, work: Path, candidates: list[int] = ()) -> list[dict]:
+def quality(n_items: int, rounds: int, work: Path, candidates: Sequence[int] = ()) -> list[dict]:
     """HR@10 (sampled, 99 negatives) of dense and sparse training over ``rounds`` rounds at ``n_items`` items."""
     out = []
-    for mode, c in settings(list(candidates)):
+    for mode, c in settings(candidates):
         cfg = RunConfig.from_mapping({**ITEMS_RUN, "data.path": str(catalog_dataset(n_items, work)),
                                       "transport.item-updates": mode, "federation.rounds": rounds,
                                       "train.negative-candidates": c})
