@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 Segment = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
 ACCOUNTANTS = ("rdp", "prv")
@@ -51,10 +52,20 @@ def epsilon(history: Sequence[Segment], delta: float, accountant: str = DEFAULT_
         return math.inf
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"unknown accountant {accountant!r} (one of {', '.join(ACCOUNTANTS)})")
+    return _opacus_epsilon(tuple(segments), float(delta), accountant)
+
+
+@lru_cache(maxsize=8192)
+def _opacus_epsilon(segments: tuple[Segment, ...], delta: float, accountant: str) -> float:
+    """Opacus's epsilon of merged segments, memoised: a pure function of its arguments.
+
+    A PRV evaluation takes ~0.1 s; an in-process federation of one-user nodes plans and checks the same
+    histories on every node (943 nodes planned in ~13 min before this cache).
+    """
     from opacus.accountants import PRVAccountant, RDPAccountant
 
     acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
-    acc.load_state_dict({"history": segments, "mechanism": acc.mechanism()})  # Opacus's own state format
+    acc.load_state_dict({"history": list(segments), "mechanism": acc.mechanism()})  # Opacus's own state format
     if accountant == "rdp":
         return float(acc.get_epsilon(delta, alphas=RDP_ORDERS))
     return float(acc.get_epsilon(delta))

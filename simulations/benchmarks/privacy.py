@@ -15,7 +15,9 @@ silo / by the coordinator / as shares under SecAgg+), ``als-central`` / ``als-di
 (DP alternating least squares from noisy per-item sufficient statistics). Floors:
 ``popularity`` (items ranked by DP counts: the whole budget on one frequency release) and
 ``genres`` (public genre item vectors plus the DP item bias, user vectors fitted locally).
-Writes JSON (one object per point) and a PNG of all curves beside it.
+``--scenario ml100k-cross-device`` runs the same curves with one user per node (943 nodes, all every round):
+there a node is a user, so each noisy sum is DP-FedSGD over users, accounted per node over the rounds it takes
+part in. Writes JSON (one object per point) and a PNG of all curves beside it.
 """
 
 from __future__ import annotations
@@ -57,16 +59,30 @@ MECHANISMS: dict[str, dict[str, Any]] = {
                         "federation.rounds": 3, "dp.frequency-share": 0.1, "eval.every": 1},
 }
 FLOORS = ("popularity", "genres")
+# where the federation runs: ML-1M in 10 silos (the issue's benchmark), or one user per node on ML-100K (943 nodes,
+# every node every round as in the ml100k-cross-device preset): node = user, so the user-level guarantee is
+# DP-FedSGD's, accounted over the rounds a node takes part in (no amplification by the coordinator's sampling)
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "silos": {},
+    "ml100k-cross-device": {"data.path": "movielens:ml-100k", "data.partitioner": "user-per-node",
+                            "data.partitions": 943, "federation.min-nodes": 943},
+}
+TITLES = {"silos": "ML-1M, 10 silos", "ml100k-cross-device": "ML-100K, one user per node (943 nodes)"}
 # the non-private reference: the same model and federation, FedAvg of local Adam epochs at the rate best
 # without noise (a DP learning rate would understate it and flatter the ratios)
 NON_PRIVATE = {"train.lr": 0.001}
+# one user per node: the ml100k-cross-device preset's FedAvg (5 local Adam epochs at 0.05 on one user's items)
+NON_PRIVATE_BY_SCENARIO = {"silos": NON_PRIVATE, "ml100k-cross-device": {
+    "train.lr": 0.05, "train.user-lr": 0.05, "train.batch-size": 64, "train.local-epochs": 5,
+    "federation.max-update-norm": 1000.0, "eval.user-epochs": 1, "federation.rounds": 20, "eval.every": 2}}
 
 
-def point(mechanism: str, epsilon: float, overrides: dict, work: Path) -> dict:
+def point(mechanism: str, epsilon: float, overrides: dict, work: Path, non_private: dict | None = None) -> dict:
+    """One curve point: ``mechanism`` at the run-long ``epsilon`` (inf: the non-private reference run)."""
     dp = math.isfinite(epsilon)
     if mechanism in FLOORS:
         return floor_point(mechanism, epsilon, {**BASE, **overrides}, work)
-    values = {**BASE, **(MECHANISMS[mechanism] if dp else NON_PRIVATE), **overrides, "dp.enabled": dp,
+    values = {**BASE, **(MECHANISMS[mechanism] if dp else non_private or NON_PRIVATE), **overrides, "dp.enabled": dp,
               "dp.unit": "user"}
     if dp:
         values["dp.target-epsilon"] = epsilon
@@ -91,7 +107,7 @@ def point(mechanism: str, epsilon: float, overrides: dict, work: Path) -> dict:
     }
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, title: str = TITLES["silos"]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -111,7 +127,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 ax.axhline(r[metric], color="grey", linestyle=":", label="non-private")
         ax.set(xscale="log", xlabel="epsilon per node, whole run (user level, delta 1e-5, PRV)", ylabel=label)
         ax.legend(fontsize=7)
-    fig.suptitle("ML-1M, 10 silos: privacy-utility")
+    fig.suptitle(f"{title}: privacy-utility")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -122,13 +138,14 @@ def main() -> None:
     parser.add_argument("--units", default="user", help="user (the interaction unit: local-sgd with --set)")
     parser.add_argument("--mechanisms", default=",".join([*MECHANISMS, *FLOORS]))
     parser.add_argument("--epsilons", default="1,2,4,8,inf")
+    parser.add_argument("--scenario", default="silos", choices=list(SCENARIOS))
     parser.add_argument("--set", action="append", default=[], help="run-config override key=value")
     parser.add_argument("--work-dir", default=None,
                         help="where runs go; points already finished there with the same config are read back")
     args = parser.parse_args()
     use_data_dir(args.data_dir)
     torch.set_num_threads(1)
-    overrides = parse_assignments(args.set)
+    overrides = {**SCENARIOS[args.scenario], **parse_assignments(args.set)}
     if args.units != "user":
         overrides["dp.unit"] = args.units
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="fedrec-privacy-"))
@@ -138,7 +155,8 @@ def main() -> None:
         for eps in epsilons:
             if not math.isfinite(eps) and (mechanism in FLOORS or any(r["mechanism"] == "non-private" for r in rows)):
                 continue  # the non-private point is the same for every mechanism
-            rows.append(point(mechanism, eps, overrides, work))
+            rows.append({"scenario": args.scenario,
+                         **point(mechanism, eps, overrides, work, NON_PRIVATE_BY_SCENARIO[args.scenario])})
             print(json.dumps({k: rows[-1][k] for k in ("mechanism", "epsilon", "hr10", "hr10_full")}), flush=True)
     base = next((r for r in rows if r["mechanism"] == "non-private"), None)
     for r in rows:
@@ -147,11 +165,11 @@ def main() -> None:
         r["nonprivate_round_seconds"] = base["round_seconds"] if base else None
     print_table(rows, ["mechanism", "target_epsilon", "epsilon", "delta", "steps", "hr10", "hr10_vs_nonprivate",
                        "hr10_full", "hr10_full_vs_nonprivate", "ndcg10", "round_seconds", "peak_rss_mb"],
-                "ML-1M 10 silos: HR@10 under user-level DP (epsilon per node for the whole run, PRV, delta 1e-5)")
+                f"{TITLES[args.scenario]}: HR@10 under user-level DP (epsilon per node, whole run, PRV, delta 1e-5)")
     out = Path(args.out)
     write_json(out, {"points": [{k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in r.items()}
                                 for r in rows]})
-    plot(rows, out.with_suffix(".png"))
+    plot(rows, out.with_suffix(".png"), TITLES[args.scenario])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""User-level DP with one user per node (cross-device): node = user, each round is DP-FedSGD over the sampled users.
+
+Every node accounts only the rounds it is sampled for, the DP item-frequency release of round 0 included (no
+amplification by the coordinator's sampling is claimed), so a user sampled in fewer rounds spends less; every
+spend is in its signed chain and audits clean.
+"""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from fedrec.cli import app
+from server.app import federated_run
+from server.ledger import NAME
+from shared.config import RunConfig
+from shared.ledger import read_jsonl
+from simulations.client_app import app as client_app
+from simulations.inprocess import InProcessGrid, simulation_node_configs
+
+USERS = 40
+CROSS_DEVICE_DP = {"data.synthetic-users": USERS, "data.synthetic-items": 60, "data.partitioner": "user-per-node",
+                   "data.partitions": USERS, "federation.min-nodes": USERS, "federation.fraction-train": 0.5,
+                   "federation.rounds": 4, "eval.full-rank": False, "model.name": "gmf", "model.embedding-dim": 8,
+                   "model.item-bias": True, "dp.enabled": True, "dp.unit": "user", "dp.mechanism": "sgd",
+                   "dp.noise": "central", "dp.sample-rate": 1.0, "dp.frequency-share": 0.1,
+                   "dp.target-epsilon": 100.0, "dp.delta": 1e-5, "dp.floor-below": 0.0, "train.user-epochs": 0}
+# the recipe trains round(epsilon x DP user count / 1000) rounds (at most 4): epsilon 100 gives several
+
+
+def test_one_user_nodes_spend_only_in_the_rounds_they_are_sampled_for(tmp_path):
+    cfg = RunConfig.from_mapping({**CROSS_DEVICE_DP, "federation.run-dir": str(tmp_path / "run"),
+                                  "sim.node-state-dir": str(tmp_path / "nodes")})
+    grid = InProcessGrid(client_app, simulation_node_configs(USERS), cfg.to_flower_config())
+    summary = federated_run(cfg, grid, 1).execute()
+    assert summary.rounds_run >= 2  # the recipe (DP user count ~35 x epsilon 100 / 1000)
+    records = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r.get("round", 0) >= 1 and "nodes" in r]
+    sampled = {r["round"]: set(r["nodes"]) for r in records}
+    assert all(len(nodes) == USERS // 2 for nodes in sampled.values())
+    chains: dict[str, list] = {}
+    for e in read_jsonl(tmp_path / "run" / NAME):
+        chains.setdefault(e["node_key_id"], []).append(e)
+    assert USERS // 2 <= len(chains) <= USERS  # a node that was never sampled has spent nothing
+    counts = []
+    for chain in chains.values():
+        assert [e["round"] for e in chain] == sorted({e["round"] for e in chain})  # at most one spend a round
+        gradient = [e for e in chain if e["mechanism"] == "gradient"]
+        assert all(e["unit"] == "user" and e["steps"] == 1 and e["sample_rate"] == 1.0 for e in gradient)
+        assert chain[-1]["epsilon"] <= 100.0 and chain[-1]["delta"] == 1e-5
+        counts.append(len(gradient))
+    # the coordinator samples half the nodes a round: the ledgers hold exactly the sampled rounds
+    assert sum(counts) == sum(len(nodes) for nodes in sampled.values())
+    assert min(counts) < max(counts)
+    result = CliRunner().invoke(app, ["audit", str(tmp_path / "run" / NAME), "--budget", "100"])
+    assert result.exit_code == 0, result.output
