@@ -10,12 +10,10 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from fedrec.cli import app
-from server.app import federated_run
 from server.ledger import NAME
 from shared.config import RunConfig
 from shared.ledger import read_jsonl
-from simulations.client_app import app as client_app
-from simulations.inprocess import InProcessGrid, simulation_node_configs
+from tests.support import federate, node_chains, records
 
 USERS = 40
 CROSS_DEVICE_DP = {"data.synthetic-users": USERS, "data.synthetic-items": 60, "data.partitioner": "user-per-node",
@@ -30,14 +28,16 @@ CROSS_DEVICE_DP = {"data.synthetic-users": USERS, "data.synthetic-items": 60, "d
 def test_one_user_nodes_spend_only_in_the_rounds_they_are_sampled_for(tmp_path):
     cfg = RunConfig.from_mapping({**CROSS_DEVICE_DP, "federation.run-dir": str(tmp_path / "run"),
                                   "sim.node-state-dir": str(tmp_path / "nodes")})
-    grid = InProcessGrid(client_app, simulation_node_configs(USERS), cfg.to_flower_config())
-    summary = federated_run(cfg, grid, 1).execute()
+    summary, _ = federate(cfg)
     assert summary.rounds_run >= 2  # the recipe (DP user count ~35 x epsilon 100 / 1000)
-    records = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r.get("round", 0) >= 1 and "nodes" in r]
-    sampled = {r["round"]: set(r["nodes"]) for r in records}
+    sampled = {r["round"]: set(r["nodes"]) for r in records(tmp_path) if r.get("round", 0) >= 1 and "nodes" in r}
     assert all(len(nodes) == USERS // 2 for nodes in sampled.values())
+    # each node's own chain holds a gradient spend for exactly the rounds the coordinator sampled it for
+    for pid, chain in node_chains(tmp_path, USERS).items():
+        assert [e["round"] for e in chain if e["mechanism"] == "gradient"] == \
+            [r for r in sorted(sampled) if 1000 + pid in sampled[r]]
     chains: dict[str, list] = {}
-    for e in read_jsonl(tmp_path / "run" / NAME):
+    for e in read_jsonl(tmp_path / "run" / NAME):  # the copies the coordinator collected, which the audit reads
         chains.setdefault(e["node_key_id"], []).append(e)
     assert USERS // 2 <= len(chains) <= USERS  # a node that was never sampled has spent nothing
     counts = []

@@ -77,12 +77,12 @@ NON_PRIVATE_BY_SCENARIO = {"silos": NON_PRIVATE, "ml100k-cross-device": {
     "federation.max-update-norm": 1000.0, "eval.user-epochs": 1, "federation.rounds": 20, "eval.every": 2}}
 
 
-def point(mechanism: str, epsilon: float, overrides: dict, work: Path, non_private: dict | None = None) -> dict:
+def point(mechanism: str, epsilon: float, overrides: dict, work: Path, non_private: dict = NON_PRIVATE) -> dict:
     """One curve point: ``mechanism`` at the run-long ``epsilon`` (inf: the non-private reference run)."""
     dp = math.isfinite(epsilon)
     if mechanism in FLOORS:
         return floor_point(mechanism, epsilon, {**BASE, **overrides}, work)
-    values = {**BASE, **(MECHANISMS[mechanism] if dp else non_private or NON_PRIVATE), **overrides, "dp.enabled": dp,
+    values = {**BASE, **(MECHANISMS[mechanism] if dp else non_private), **overrides, "dp.enabled": dp,
               "dp.unit": "user"}
     if dp:
         values["dp.target-epsilon"] = epsilon
