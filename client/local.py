@@ -25,8 +25,9 @@ from client.node import LocalNode
 from client.node_data import resolve_node_data
 from client.privacy import PlanError, PrivacyAccount
 from client.state import NodeStateStore, default_state_dir, users_fingerprint
-from shared.accounting import plan_noise_after
+from shared.accounting import plan_noise, plan_noise_after
 from shared.config import RunConfig
+from shared.floor_vote import VOTE
 
 REFUSED = 4001  # error code of a deliberate refusal (budget exhausted, wrong catalog, ...)
 
@@ -93,11 +94,13 @@ def train_locally(config: dict, global_part: dict[str, torch.Tensor], context: C
     return LocalUpdate(outcome.global_part, metrics, chain)
 
 
-RELEASES = {"frequency": ("sgd", "als"), "gradient": ("sgd",), "als": ("als",)}  # release -> mechanisms using it
+# release -> the mechanisms using it
+RELEASES = {"frequency": ("sgd", "als"), "gradient": ("sgd",), "als": ("als",), VOTE: ("sgd", "als")}
 
 
 def release_locally(config: dict, global_part: dict[str, torch.Tensor], context: Context) -> LocalUpdate:
-    """This node's share of a noisy-sum release (``config["release"]``: frequency, gradient, als); raises Refusal."""
+    """This node's share of a noisy-sum release (``config["release"]``: frequency, gradient, als,
+    floor-vote); raises Refusal."""
     cfg, node, store, catalog_hash, config = node_setup(config, context)
     if config.get("catalog-hash", catalog_hash) != catalog_hash:
         raise Refusal(f"item catalog differs: node has {catalog_hash[:16]}…")
@@ -115,12 +118,21 @@ def release_locally(config: dict, global_part: dict[str, torch.Tensor], context:
     plan = account.plan
     segment = plan.frequency_segment() if frequency else plan.segment(1)
     if frequency and config.get("final"):  # no training after all: the rest of the budget on the item counts
-        try:
-            z = plan_noise_after(account.history, plan.target_epsilon, plan.delta, 1.0, 1, plan.accountant)
+        try:  # ... less the floor vote's share, reserved here and persisted with this spend
+            reserved = list(account.history)
+            if cfg.dp.floor_vote_share > 0:
+                z_vote = plan_noise(cfg.dp.floor_vote_share * plan.target_epsilon, plan.delta, 1.0, 1, plan.accountant)
+                account.plan = plan = dataclasses.replace(plan, vote_multiplier=z_vote)
+                reserved.append(plan.vote_segment())
+            z = plan_noise_after(reserved, plan.target_epsilon, plan.delta, 1.0, 1, plan.accountant)
         except ValueError as exc:
             raise Refusal(f"no budget left for a final frequency release: {exc}") from None
         plan = dataclasses.replace(plan, frequency_multiplier=z)
         segment = plan.frequency_segment()
+    elif kind == VOTE:
+        if plan.vote_multiplier <= 0:
+            raise Refusal("no floor vote was planned (it is planned with the final frequency release)")
+        segment = plan.vote_segment()
     if reason := account.refusal(segment):
         raise Refusal(reason)
     if plan.noise == "distributed" and int(config.get("secagg-levels", 0)) < plan.secagg_levels:

@@ -18,9 +18,10 @@ import torch
 from client import personal
 from client.privacy import DPPlan, train_private
 from client.trainer import TrainResult, TrainSettings, make_optimizer, train_epochs, train_user_rows
-from shared import splits
+from shared import floor_vote, splits
 from shared.config import RunConfig
 from shared.evaluation import evaluate_ranking, evaluate_rating
+from shared.floor_vote import unit_weight
 from shared.interactions import InteractionData
 from shared.models import build_model, global_state, local_state, merge_state
 from shared.secret_random import SecretRandomness
@@ -152,13 +153,23 @@ class LocalNode:
         per-item statistics. All randomness is fresh OS entropy.
         """
         from client.privacy.als import als_release
-        from client.privacy.releases import frequency_release, frequency_sensitivity, gradient_release
+        from client.privacy.releases import (
+            frequency_release,
+            frequency_sensitivity,
+            gradient_release,
+            vote_release,
+            vote_sensitivity,
+        )
 
         randomness = SecretRandomness.fresh()
         offsets = personal.split(local_part)[1]  # a release trains nothing personal: the stored offsets stay
         if kind == "frequency":
             return OrderedDict(counts=frequency_release(self.data, plan, randomness)), None, \
                 frequency_sensitivity(plan)
+        if kind == floor_vote.VOTE:  # the rows fitted here are the ones the node then evaluates and serves with
+            rows = self.fit_users(global_part)
+            votes = vote_release(self.model(unit_weight(global_part), rows), self.data, plan, self.cfg, randomness)
+            return OrderedDict({floor_vote.VOTE: votes}), rows | offsets, vote_sensitivity(plan, self.cfg)
         model = self.model(global_part, local_part)
         if kind == "als":
             table = next(k for k in global_part if k.startswith("item_emb."))
@@ -175,8 +186,8 @@ class LocalNode:
 
     def fit_users(self, global_part: dict[str, torch.Tensor]) -> Tensors:
         """User rows fitted locally and noise-free, to convergence, to a global part they never trained with
-        (a floor model)."""
-        model = self.model(global_part, None)
+        (a floor model), at user weight 1 whatever weight the floor vote gave it (:mod:`shared.floor_vote`)."""
+        model = self.model(unit_weight(global_part), None)
         train_user_rows(model, self.data, self.settings, epochs=FIT_EPOCHS, lr=self.cfg.train.user_lr,
                         rng=numpy_rng(self.cfg.seed, "fit-users", self.node_key), tol=FIT_TOL)
         return local_state(model)

@@ -2,7 +2,9 @@
 
 Round 0 is the DP item-frequency release: the summed noisy counts give DP popularity (kept in
 the run directory, ``dp_item_counts.npy``: the private floor), the DP user count ``N`` and the
-item biases' starting point ``log(1 + count) - mean``. Every round after is one DP-SGD step:
+item biases' starting point ``log(1 + count) - mean``; when the recipe trains nothing, a second count release
+and the floor vote (:mod:`shared.floor_vote`) follow, and the floor model is served at the user weight voted.
+Every round after is one DP-SGD step:
 the nodes' clipped-gradient sums, summed over nodes (in the clear, or by SecAgg+ through
 :class:`server.secagg.SecAggReleases`), plus the coordinator's noise under ``dp.noise =
 central``, divided by the expected batch ``q * N``, drive a momentum SGD step (``dp.server-lr``,
@@ -14,6 +16,7 @@ noise. Everything here is post-processing of the releases, so it costs no privac
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -25,6 +28,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 
 from server.guard import RoundReport, collect_privacy, densify_rows, failed_reply, reply_problem
 from server.loop import FederatedRun
+from shared import floor_vote
 from shared.atomic import atomic_write_bytes
 from shared.config import RunConfig
 from shared.row_selection import COUNTS as ROW_COUNTS
@@ -177,12 +181,29 @@ class ReleaseRun(FederatedRun):
                 self.releases.counts = (w1 * total[COUNTS] + w2 * again[COUNTS]) / (w1 + w2)
         _save_npy(self.run_dir / "dp_item_counts.npy", self.releases.counts[:-1])
         out = {k: a.numpy() for k, a in arrays.items()}
-        if self.releases.rounds == 0:
-            _floor_output_layer(out, self.cfg.model.embedding_dim)
         if BIAS in out:  # start every item's bias at its DP log-popularity (post-processing)
             log_counts = np.log1p(np.clip(self.releases.counts[:-1], 0, None))
             out[BIAS] = (log_counts - log_counts.mean()).astype(out[BIAS].dtype).reshape(out[BIAS].shape)
-        return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()})
+        if self.releases.rounds == 0:
+            _floor_output_layer(out, self.cfg.model.embedding_dim)
+            if self.cfg.dp.floor_vote_share > 0 and np.any(out.get("out.weight", 0)):
+                out["out.weight"] = out["out.weight"] * self._floor_vote(out, config)
+        return _record_of(out)
+
+    def _floor_vote(self, floor: dict[str, np.ndarray], config: dict[str, Any]) -> float:
+        """The floor model's user weight ``a``, picked by the nodes' DP validation vote (:mod:`shared.floor_vote`)."""
+        reference = {floor_vote.VOTE: np.zeros(len(floor_vote.WEIGHTS) - 1, np.float64)}
+        total, report, z = self._sum(0, _record_of(floor), reference,
+                                     {**config, "release": floor_vote.VOTE, "final": True})
+        self._central_noise(total, z, floor_vote.sensitivity())
+        self._log_ledgers(0, report)
+        weight = floor_vote.winner(total[floor_vote.VOTE]) if report.accepted else 1.0
+        doc = {"weights": list(floor_vote.WEIGHTS), "noisy_sums": [0.0, *total[floor_vote.VOTE].tolist()],
+               "noise_multiplier": z, "voters": len(report.accepted), "weight": weight}
+        atomic_write_bytes(self.run_dir / "floor_vote.json", json.dumps(doc, indent=1).encode())
+        log.info("[fedrec] floor model: %d node(s) voted on validation (DP, z = %.3g); user weight %.2g of %s",
+                 len(report.accepted), z, weight, list(floor_vote.WEIGHTS))
+        return weight
 
     def _last_round(self) -> int:
         return self.cfg.federation.rounds if self.releases.rounds is None else self.releases.rounds
@@ -242,6 +263,10 @@ class ReleaseRun(FederatedRun):
         if report.epsilons:
             record["epsilon_max"] = max(report.epsilons.values())
         return record
+
+
+def _record_of(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
 def _save_npy(path: Path, values: np.ndarray) -> None:

@@ -189,6 +189,9 @@ class DPConfig:
                              "trained and the floor model (public genre vectors, DP item biases) is released; above "
                              "it, round(rho / 1000) training rounds (at most `federation.rounds`). Public: costs no "
                              "budget.", unit="rho", lo=0)
+    floor_vote_share: float = opt(0.1, "sgd, als: when the floor model is released, share of the budget on a DP "
+                                  "validation vote that picks how far its locally fitted user rows count "
+                                  "(shared.floor_vote; 0 picks nothing: the rows count fully).", lo=0, hi=0.5)
     row_threshold: float = opt(0.0, "sgd: DP row selection (DP-AdaFEST): each round only item rows whose noisy "
                                "count of sampled users exceeds this many count-noise stds get the gradient and its "
                                "noise; others are left as they are. Not set (0): every row (dense noise).",

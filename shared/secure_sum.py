@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+from shared import floor_vote
+
 CLIPPING_RANGE = 8.0  # SecAggPlusWorkflow's default clipping range
 MODULUS = 2**32
 
@@ -40,6 +42,8 @@ def release_unit(cfg, release: str) -> float:
     """The L2 bound of one unit's contribution to a release (before noise): what the scale S is sized by."""
     if release == "frequency":
         return math.sqrt(cfg.dp.frequency_cap + 1)
+    if release == floor_vote.VOTE:
+        return floor_vote.sensitivity()
     if release == "als":
         return math.sqrt(2 * cfg.dp.max_interactions + 1)
     return cfg.dp.clip_norm

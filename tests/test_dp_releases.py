@@ -17,13 +17,16 @@ from client.trainer import TrainSettings, make_criterion
 from fedrec.cli import app
 from server.app import federated_run
 from server.ledger import NAME
+from shared.accounting import plan_noise
 from shared.config import RunConfig
 from shared.datasets import synthetic_tables
 from shared.errors import ConfigError
+from shared.floor_vote import VOTE, WEIGHTS
 from shared.interactions import InteractionData
 from shared.ledger import read_jsonl
 from shared.models import build_model
 from shared.models.base import is_local
+from shared.rundir import load_model_payload
 from shared.secret_random import SecretRandomness
 from shared.secure_sum import encoded_sensitivity, quantization_levels
 from simulations.client_app import app as client_app
@@ -230,12 +233,19 @@ def test_als_without_noise_learns_and_its_passes_audit_clean(tmp_path):
 
 def test_too_little_data_for_the_budget_releases_the_floor_model_with_the_whole_budget(tmp_path):
     """rho = epsilon * q * N below the threshold: no training round; the rest of the budget re-releases the item
-    counts, the floor model (genre vectors, DP item biases) is evaluated and the run spends exactly its budget."""
+    counts and votes on the floor model's user weight, the floor model (genre vectors, DP item biases) is
+    evaluated at the weight voted and the run spends exactly its budget."""
     summary = run(tmp_path, **{"dp.noise": "central", "data.synthetic-users": 90, "dp.target-epsilon": 2.0})
     assert RunConfig.from_mapping(SMALL).dp.floor_below > 2.0 * 90 and summary.rounds_run == 0
     entries = read_jsonl(tmp_path / "run" / NAME)
-    assert {e["mechanism"] for e in entries} == {"frequency"} and {e["round"] for e in entries} == {0}
-    assert len(entries) == 6 and max(e["epsilon"] for e in entries) == pytest.approx(2.0, abs=0.03)
+    assert [e["mechanism"] for e in entries].count(VOTE) == 3 and {e["round"] for e in entries} == {0}
+    assert {e["mechanism"] for e in entries} == {"frequency", VOTE} and len(entries) == 9
+    assert max(e["epsilon"] for e in entries) == pytest.approx(2.0, abs=0.03)
+    vote = json.loads((tmp_path / "run" / "floor_vote.json").read_text())
+    assert vote["voters"] == 3 and vote["weight"] in WEIGHTS
+    assert vote["noise_multiplier"] == pytest.approx(plan_noise(0.2, entries[0]["delta"], 1.0, 1, "prv"))
+    served = load_model_payload(tmp_path / "run" / "model.pt")["global"]["out.weight"]
+    assert np.unique(np.asarray(served)).tolist() == [vote["weight"]]  # the weight voted is the one served
     assert summary.test is not None and summary.test["hr10"] > 0.15  # the floor, not a random ranking (0.10)
     assert CliRunner().invoke(app, ["audit", str(tmp_path / "run" / NAME)]).exit_code == 0
 

@@ -69,6 +69,7 @@ class DPPlan:
     sensitivity: float = 0.0  # L2 sensitivity of one training release (0: clip_norm); SecAgg+ rounding included
     frequency_sensitivity: float = 0.0  # the same for the frequency release
     secagg_levels: int = 0  # distributed noise: the SecAgg+ quantization the sensitivities assume
+    vote_multiplier: float = 0.0  # z of the floor vote (shared.floor_vote), set when the floor model is released
     participation: float = 1.0  # fraction of rounds the coordinator samples this node for (fraction-train)
     row_threshold: float = 0.0  # DP row selection (shared.row_selection): rows above threshold * z1 (0: off)
     row_selection_share: float = 0.0  # share f of 1/z^2 on the row counts: z1 = z/sqrt(f), z2 = z/sqrt(1-f)
@@ -94,6 +95,9 @@ class DPPlan:
 
     def frequency_segment(self) -> Segment:
         return (self.frequency_multiplier, 1.0, 1)
+
+    def vote_segment(self) -> Segment:
+        return (self.vote_multiplier, 1.0, 1)
 
     @property
     def participations(self) -> int:

@@ -10,6 +10,8 @@ nodes — in the clear or securely — the release is one Gaussian mechanism per
   training items (drawn at random, secretly) plus a 1 in a last coordinate that counts users;
   L2 sensitivity ``sqrt(k + 1)``. It yields DP popularity, DP item biases and the DP user count
   that normalizes the gradient of the ``sgd`` mechanism.
+- :func:`vote_release`: each user's HR@10 differences at the floor model's candidate user weights
+  (:mod:`shared.floor_vote`), L2 sensitivity ``sqrt(m - 1)``.
 - :func:`gradient_release`: Poisson-sampled users (rate ``q``), Opacus ghost clipping of each
   user's gradient of the global part to ``dp.clip-norm``, summed (not averaged): the coordinator
   divides by ``q`` times the DP user count. With ``dp.row-threshold > 0`` (:mod:`shared.row_selection`) the
@@ -30,11 +32,14 @@ from client.privacy.dpsgd import _clipped_sum_in_chunks, make_private
 from client.privacy.plan import DPPlan
 from client.privacy.samples import InteractionSamples, UserSamples, identity_collate
 from client.trainer import TrainSettings, make_criterion, make_optimizer
+from shared import floor_vote, metrics, splits
 from shared.config import RunConfig
+from shared.evaluation import score_pairs
 from shared.interactions import InteractionData
 from shared.models.base import is_local
 from shared.row_selection import COUNTS, is_item_table, row_contributions, selected_rows
 from shared.secret_random import SecretRandomness
+from shared.secure_sum import encoded_sensitivity
 
 FREQUENCY = "frequency"
 GRADIENT = "gradient"
@@ -126,3 +131,35 @@ def gradient_release(model: torch.nn.Module, data: InteractionData, s: TrainSett
         p.requires_grad_(True)
         p.grad = None
     return out
+
+
+def vote_sensitivity(plan: DPPlan, cfg: RunConfig) -> float:
+    """L2 sensitivity of the floor vote (SecAgg+ rounding included under distributed noise)."""
+    if plan.noise != "distributed":
+        return floor_vote.sensitivity()
+    from client.privacy.plan import sampled_nodes
+
+    return encoded_sensitivity(floor_vote.sensitivity(), len(floor_vote.WEIGHTS) - 1, cfg.transport.secagg_max_users,
+                               sampled_nodes(cfg))
+
+
+@torch.no_grad()
+def vote_release(model: torch.nn.Module, data: InteractionData, plan: DPPlan, cfg: RunConfig,
+                 randomness: SecretRandomness) -> torch.Tensor:
+    """``(m - 1,)`` float64: the floor vote (:mod:`shared.floor_vote`) of this node's users, plus its noise share.
+
+    ``model`` is the floor model with the user rows fitted at weight 1; each candidate weight scales its output
+    layer, and every user with a validation item scores its sampled HR@``eval.top-k`` at each.
+    """
+    users, pos, negs = data.held_out(splits.VAL)
+    hits = np.zeros((len(users), len(floor_vote.WEIGHTS)))
+    unit = model.out.weight.detach().clone()
+    for j, weight in enumerate(floor_vote.WEIGHTS):
+        model.out.weight.copy_(weight * unit)
+        if len(users):
+            scores = score_pairs(model, users, np.concatenate([pos[:, None], negs], axis=1))
+            hits[:, j] = metrics.hit_rate(metrics.sampled_ranks(scores[:, 0], scores[:, 1:], negs >= 0),
+                                          cfg.eval.top_k)
+    model.out.weight.copy_(unit)
+    sums = torch.from_numpy(floor_vote.contribution(hits))
+    return add_share(sums, plan.vote_multiplier * vote_sensitivity(plan, cfg), plan, randomness)

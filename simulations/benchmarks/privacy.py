@@ -104,6 +104,7 @@ def point(mechanism: str, epsilon: float, overrides: dict, work: Path, non_priva
         "ndcg10_full": test.get("ndcg10_full"), "best_round": summary.best_round, "rounds": summary.rounds_run,
         "round_seconds": sum(train) / len(train) if train else None, "peak_rss_mb": node_peak_rss(cfg),
         "wall_seconds": wall, "config": cfg.to_flower_config(),
+        "floor_vote": json.loads(vote.read_text()) if (vote := run_dir / "floor_vote.json").exists() else None,
     }
 
 

@@ -1,0 +1,82 @@
+"""The floor model's DP validation vote (shared.floor_vote): the sums, the winner, the sensitivity, the fit."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from client.node import LocalNode
+from client.privacy import plan_for
+from client.privacy.releases import vote_release
+from shared import floor_vote
+from shared.config import RunConfig
+from shared.datasets import synthetic_tables
+from shared.evaluation import evaluate_ranking
+from shared.interactions import InteractionData
+from shared.models import build_model, global_state
+from shared.secret_random import SecretRandomness
+from tests.test_dp_releases import RELEASES
+
+CFG = RunConfig.from_mapping({**RELEASES, "model.item-init": "genres"})
+
+
+@pytest.fixture(scope="module")
+def node() -> LocalNode:
+    return LocalNode(CFG, InteractionData.from_tables(synthetic_tables(5, 200, 400)), (0.0, 1.0), "node-a")
+
+
+def floor_part(node: LocalNode, weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """A floor model's global part: the node's initial model with a unit output layer, scaled by ``weight``."""
+    torch.manual_seed(0)
+    state = dict(global_state(build_model(CFG, node.data.n_users, node.data.n_items)))
+    state["out.weight"] = torch.full_like(state["out.weight"], weight)
+    state["out.bias"] = torch.zeros_like(state["out.bias"])
+    state["item_emb.gmf.weight"] = torch.randn_like(state["item_emb.gmf.weight"]) / 8 ** 0.5  # ~unit rows, as genres
+    state["item_bias.weight"] = torch.linspace(-1, 1, len(state["item_bias.weight"])).reshape(-1, 1)
+    return state
+
+
+def test_the_winner_is_the_largest_noisy_sum_and_popularity_scores_zero():
+    assert floor_vote.contribution(np.array([[1, 1, 0, 0, 1], [0, 1, 1, 0, 0]])).tolist() == [1, 0, -1, 0]
+    assert floor_vote.winner(np.array([3.0, 7.5, -1.0, 2.0])) == 0.5
+    assert floor_vote.winner(np.array([-3.0, -0.5, -1.0, -2.0])) == 0.0  # all worse than DP popularity
+    assert floor_vote.sensitivity() == pytest.approx(math.sqrt(len(floor_vote.WEIGHTS) - 1))
+
+
+def test_without_noise_the_vote_is_the_difference_of_the_validation_hit_counts(node):
+    """The noise-free release equals HR@10 sums from the evaluation code at each weight, minus popularity's."""
+    plan = replace(plan_for(CFG, node.data), noise="central", share=0.0, vote_multiplier=1.0)
+    rows = node.fit_users(floor_part(node))
+    votes = vote_release(node.model(floor_part(node), rows), node.data, plan, CFG, SecretRandomness.fresh())
+    hits = [evaluate_ranking(node.model(floor_part(node, w), rows), node.data, "val", full_rank=False).hr
+            for w in floor_vote.WEIGHTS]
+    assert votes.tolist() == pytest.approx([h - hits[0] for h in hits[1:]])
+    assert len(set(hits)) > 1  # the weights rank differently on this data: the comparison is not vacuous
+
+
+def test_one_user_moves_the_vote_by_at_most_its_sensitivity(node):
+    """Per-user contributions lie in {-1, 0, 1}^(m-1): adding or removing one user is bounded by sqrt(m - 1)."""
+    plan = replace(plan_for(CFG, node.data), noise="central", share=0.0, vote_multiplier=1.0)
+    model = node.model(floor_part(node), node.fit_users(floor_part(node)))
+    data = node.data
+    full = vote_release(model, data, plan, CFG, SecretRandomness.fresh())
+    for user in range(0, data.n_users, 7):
+        alone = replace(data, val_item=np.where(np.arange(data.n_users) == user, data.val_item, -1))
+        one = vote_release(model, alone, plan, CFG, SecretRandomness.fresh())
+        assert set(one.tolist()) <= {-1.0, 0.0, 1.0}
+        assert torch.linalg.vector_norm(one) <= floor_vote.sensitivity() + 1e-12
+    assert float(full.abs().sum()) > 0
+
+
+def test_the_floor_rows_are_fitted_at_weight_one_whatever_the_weight_voted(node):
+    """A node that fits after the vote fits the same rows as the voters did: the weight only scales serving."""
+    at_one = node.fit_users(floor_part(node, 1.0))
+    torch.manual_seed(0)
+    at_half = node.fit_users(floor_part(node, 0.5))
+    assert all(torch.equal(at_one[k], at_half[k]) for k in at_one)
+    assert floor_vote.unit_weight({"out.weight": torch.tensor([[0.25, 0.25, 0.0]])})["out.weight"].tolist() == \
+        [[1.0, 1.0, 0.0]]
