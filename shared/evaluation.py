@@ -127,6 +127,15 @@ def score_all_items(model: Recommender, users: np.ndarray, chunk: int | None = N
         yield slice(s, s + len(rows)), scorer.rows(rows)
 
 
+def sampled_ranks(model: torch.nn.Module, data: InteractionData, role: str) -> np.ndarray:
+    """0-based rank of each ``role`` user's held-out item among its sampled negatives (users as in ``held_out``)."""
+    users, pos, negs = data.held_out(role)
+    if not len(users):
+        return np.zeros(0, np.int64)
+    scores = score_pairs(model, users, np.concatenate([pos[:, None], negs], axis=1))
+    return metrics.sampled_ranks(scores[:, 0], scores[:, 1:], negs >= 0)
+
+
 def evaluate_ranking(
     model: torch.nn.Module,
     data: InteractionData,
@@ -141,12 +150,11 @@ def evaluate_ranking(
     ``item_popularity`` (fraction of users per item) enables novelty; by default
     it is this node's training popularity.
     """
-    users, pos, negs = data.held_out(role)
+    users, pos, _ = data.held_out(role)
     sums = RankingSums(count=len(users))
     if not len(users):
         return sums
-    scores = score_pairs(model, users, np.concatenate([pos[:, None], negs], axis=1))
-    ranks = metrics.sampled_ranks(scores[:, 0], scores[:, 1:], negs >= 0)
+    ranks = sampled_ranks(model, data, role)
     sums.hr, sums.ndcg = float(metrics.hit_rate(ranks, k).sum()), float(metrics.ndcg(ranks, k).sum())
     if not full_rank:
         return sums

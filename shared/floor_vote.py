@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # candidates for a; the first is DP popularity (the biases alone)
 VOTE = "floor-vote"  # the release's name and the key of its array
@@ -40,10 +41,10 @@ def winner(noisy_sums: np.ndarray) -> float:
     return WEIGHTS[int(np.argmax(scores))]
 
 
-def unit_weight(global_part: dict) -> dict:
+def unit_weight(global_part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The floor model's global part at user weight 1 (what its user rows are fitted to): the output layer's
     nonzero weights (the dot-product units, :func:`server.releases._floor_output_layer`) set to 1."""
     weight = global_part.get("out.weight")
     if weight is None:
         return global_part
-    return {**global_part, "out.weight": (weight != 0) * 1.0 + weight * 0.0}
+    return {**global_part, "out.weight": (weight != 0).to(weight.dtype)}

@@ -34,7 +34,7 @@ from client.privacy.samples import InteractionSamples, UserSamples, identity_col
 from client.trainer import TrainSettings, make_criterion, make_optimizer
 from shared import floor_vote, metrics, splits
 from shared.config import RunConfig
-from shared.evaluation import score_pairs
+from shared.evaluation import sampled_ranks
 from shared.interactions import InteractionData
 from shared.models.base import is_local
 from shared.row_selection import COUNTS, is_item_table, row_contributions, selected_rows
@@ -151,15 +151,11 @@ def vote_release(model: torch.nn.Module, data: InteractionData, plan: DPPlan, cf
     ``model`` is the floor model with the user rows fitted at weight 1; each candidate weight scales its output
     layer, and every user with a validation item scores its sampled HR@``eval.top-k`` at each.
     """
-    users, pos, negs = data.held_out(splits.VAL)
-    hits = np.zeros((len(users), len(floor_vote.WEIGHTS)))
     unit = model.out.weight.detach().clone()
-    for j, weight in enumerate(floor_vote.WEIGHTS):
+    hits = []
+    for weight in floor_vote.WEIGHTS:
         model.out.weight.copy_(weight * unit)
-        if len(users):
-            scores = score_pairs(model, users, np.concatenate([pos[:, None], negs], axis=1))
-            hits[:, j] = metrics.hit_rate(metrics.sampled_ranks(scores[:, 0], scores[:, 1:], negs >= 0),
-                                          cfg.eval.top_k)
+        hits.append(metrics.hit_rate(sampled_ranks(model, data, splits.VAL), cfg.eval.top_k))
     model.out.weight.copy_(unit)
-    sums = torch.from_numpy(floor_vote.contribution(hits))
+    sums = torch.from_numpy(floor_vote.contribution(np.stack(hits, axis=1)))
     return add_share(sums, plan.vote_multiplier * vote_sensitivity(plan, cfg), plan, randomness)
