@@ -34,6 +34,7 @@ from shared.config import RunConfig
 from shared.row_selection import COUNTS as ROW_COUNTS
 from shared.row_selection import is_item_table, restrict, selected_rows, split_multiplier
 from shared.secret_random import SecretRandomness
+from shared.secure_sum import noise_share, vote_sensitivity
 
 log = logging.getLogger("flwr")
 COUNTS = "counts"
@@ -181,9 +182,9 @@ class ReleaseRun(FederatedRun):
                 self.releases.counts = (w1 * total[COUNTS] + w2 * again[COUNTS]) / (w1 + w2)
         _save_npy(self.run_dir / "dp_item_counts.npy", self.releases.counts[:-1])
         out = {k: a.numpy() for k, a in arrays.items()}
-        if BIAS in out:  # start every item's bias at its DP log-popularity (post-processing)
-            log_counts = np.log1p(np.clip(self.releases.counts[:-1], 0, None))
-            out[BIAS] = (log_counts - log_counts.mean()).astype(out[BIAS].dtype).reshape(out[BIAS].shape)
+        if BIAS in out:  # every item's bias starts at its DP log-popularity (post-processing; floor_vote.item_biases)
+            biases = floor_vote.item_biases(self.releases.counts[:-1])
+            out[BIAS] = biases.astype(out[BIAS].dtype).reshape(out[BIAS].shape)
         if self.releases.rounds == 0:
             _floor_output_layer(out, self.cfg.model.embedding_dim)
             if self.cfg.dp.floor_vote_share > 0 and np.any(out.get("out.weight", 0)):
@@ -197,12 +198,18 @@ class ReleaseRun(FederatedRun):
                                      {**config, "release": floor_vote.VOTE, "final": True})
         self._central_noise(total, z, floor_vote.sensitivity())
         self._log_ledgers(0, report)
-        weight = floor_vote.winner(total[floor_vote.VOTE]) if report.accepted else 1.0
+        noise = self.cfg.dp.noise
+        std = floor_vote.noise_std(noise, z, vote_sensitivity(noise, self.cfg), len(report.accepted),
+                                   noise_share(self.cfg))
+        margin = self.cfg.dp.floor_vote_margin
+        weight = floor_vote.winner(total[floor_vote.VOTE], std, margin) if report.accepted else 1.0
         doc = {"weights": list(floor_vote.WEIGHTS), "noisy_sums": [0.0, *total[floor_vote.VOTE].tolist()],
-               "noise_multiplier": z, "voters": len(report.accepted), "weight": weight}
+               "noise_multiplier": z, "noise_std": std, "margin": margin, "voters": len(report.accepted),
+               "weight": weight}
         atomic_write_bytes(self.run_dir / "floor_vote.json", json.dumps(doc, indent=1).encode())
-        log.info("[fedrec] floor model: %d node(s) voted on validation (DP, z = %.3g); user weight %.2g of %s",
-                 len(report.accepted), z, weight, list(floor_vote.WEIGHTS))
+        log.info("[fedrec] floor model: %d node(s) voted on validation (DP, z = %.3g, noise std %.3g, margin %.3g "
+                 "stds); user weight %.2g of %s", len(report.accepted), z, std, margin, weight,
+                 list(floor_vote.WEIGHTS))
         return weight
 
     def _last_round(self) -> int:

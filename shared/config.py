@@ -192,6 +192,9 @@ class DPConfig:
     floor_vote_share: float = opt(0.1, "sgd, als: when the floor model is released, share of the budget on a DP "
                                   "validation vote that picks how far its locally fitted user rows count "
                                   "(shared.floor_vote; 0 picks nothing: the rows count fully).", lo=0, hi=0.5)
+    floor_vote_margin: float = opt(2.0, "sgd, als: the floor vote serves a user weight only if its noisy lead over DP "
+                                   "popularity exceeds this many of the vote's noise stds (else popularity: the "
+                                   "biases alone). Public, post-processing: costs no budget.", unit="noise std", lo=0)
     row_threshold: float = opt(0.0, "sgd: DP row selection (DP-AdaFEST): each round only item rows whose noisy "
                                "count of sampled users exceeds this many count-noise stds get the gradient and its "
                                "noise; others are left as they are. Not set (0): every row (dense noise).",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 from shared import floor_vote
+from shared.config import RunConfig
 
 CLIPPING_RANGE = 8.0  # SecAggPlusWorkflow's default clipping range
 MODULUS = 2**32
@@ -47,3 +48,25 @@ def release_unit(cfg, release: str) -> float:
     if release == "als":
         return math.sqrt(2 * cfg.dp.max_interactions + 1)
     return cfg.dp.clip_norm
+
+
+def sampled_nodes(cfg: RunConfig) -> int:
+    """Nodes the coordinator samples per round as planned (SecAgg+ needs at least two)."""
+    return max(2, math.ceil(cfg.federation.fraction_train * cfg.federation.min_nodes))
+
+
+def noise_share(cfg: RunConfig) -> float:
+    """Fraction of the noise variance one node adds for ``dp.noise`` (distributed: 1/t at the SecAgg threshold)."""
+    if cfg.dp.noise == "local":
+        return 1.0
+    if cfg.dp.noise == "central":
+        return 0.0
+    return 1.0 / max(1, math.ceil(cfg.transport.secagg_threshold * sampled_nodes(cfg)))
+
+
+def vote_sensitivity(noise: str, cfg: RunConfig) -> float:
+    """L2 sensitivity of the floor vote under ``noise`` (distributed: SecAgg+ rounding included)."""
+    if noise != "distributed":
+        return floor_vote.sensitivity()
+    return encoded_sensitivity(floor_vote.sensitivity(), len(floor_vote.WEIGHTS) - 1, cfg.transport.secagg_max_users,
+                               sampled_nodes(cfg))

@@ -8,6 +8,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from client.node import LocalNode
 from client.privacy import plan_for
@@ -44,7 +46,23 @@ def test_the_winner_is_the_largest_noisy_sum_and_popularity_scores_zero():
     assert floor_vote.contribution(np.array([[1, 1, 0, 0, 1], [0, 1, 1, 0, 0]])).tolist() == [1, 0, -1, 0]
     assert floor_vote.winner(np.array([3.0, 7.5, -1.0, 2.0])) == 0.5
     assert floor_vote.winner(np.array([-3.0, -0.5, -1.0, -2.0])) == 0.0  # all worse than DP popularity
+    # the margin: a lead over popularity counts only above margin x noise std (the rest falls back to a = 0)
+    assert floor_vote.winner(np.array([3.0, 7.5, -1.0, 2.0]), noise_std=2.0, margin=2.0) == 0.5
+    assert floor_vote.winner(np.array([3.0, 7.5, -1.0, 2.0]), noise_std=4.0, margin=2.0) == 0.0
+    assert floor_vote.winner(np.array([3.0, 7.5, -1.0, 2.0]), noise_std=4.0, margin=0.5) == 0.5
+    assert floor_vote.noise_std("central", 2.0, 3.0, 9, 0.0) == pytest.approx(6.0)
+    assert floor_vote.noise_std("local", 2.0, 3.0, 9, 1.0) == pytest.approx(18.0)  # each node adds it all
+    assert floor_vote.noise_std("distributed", 2.0, 3.0, 9, 1 / 9) == pytest.approx(6.0)  # shares add up to it
     assert floor_vote.sensitivity() == pytest.approx(math.sqrt(len(floor_vote.WEIGHTS) - 1))
+
+
+@given(st.lists(st.integers(-10**5, 10**5), min_size=2, max_size=50, unique=True))
+def test_item_biases_rank_exactly_as_the_noisy_counts(sixteenths):
+    """Negative noisy counts keep their order (no ties): at a = 0 the floor is DP popularity itself."""
+    counts = np.array(sixteenths) / 16.0  # noisy counts, at least 1/16 apart
+    biases = floor_vote.item_biases(counts)
+    assert np.array_equal(np.argsort(biases, kind="stable"), np.argsort(counts, kind="stable"))
+    assert len(np.unique(biases)) == len(counts) and abs(biases.mean()) < 1e-9
 
 
 def test_without_noise_the_vote_is_the_difference_of_the_validation_hit_counts(node):

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, replace
 from shared.accounting import Segment, default_delta, epsilon, plan_noise, plan_noise_after
 from shared.config import RunConfig
 from shared.interactions import InteractionData
-from shared.secure_sum import encoded_sensitivity, quantization_levels, release_unit
+from shared.secure_sum import encoded_sensitivity, noise_share, quantization_levels, release_unit, sampled_nodes
 
 
 class PlanError(ValueError):
@@ -122,20 +122,6 @@ def participations(rounds: int, fraction: float) -> int:
     if fraction >= 1:
         return rounds
     return min(rounds, math.ceil(fraction * rounds + 3 * math.sqrt(rounds * fraction * (1 - fraction))))
-
-
-def sampled_nodes(cfg: RunConfig) -> int:
-    """Nodes the coordinator samples per round as planned (SecAgg+ needs at least two)."""
-    return max(2, math.ceil(cfg.federation.fraction_train * cfg.federation.min_nodes))
-
-
-def noise_share(cfg: RunConfig) -> float:
-    """Fraction of the noise variance one node adds for ``dp.noise`` (distributed: 1/t at the SecAgg threshold)."""
-    if cfg.dp.noise == "local":
-        return 1.0
-    if cfg.dp.noise == "central":
-        return 0.0
-    return 1.0 / max(1, math.ceil(cfg.transport.secagg_threshold * sampled_nodes(cfg)))
 
 
 def global_dims(cfg: RunConfig, n_items: int) -> int:

@@ -32,14 +32,13 @@ from client.privacy.dpsgd import _clipped_sum_in_chunks, make_private
 from client.privacy.plan import DPPlan
 from client.privacy.samples import InteractionSamples, UserSamples, identity_collate
 from client.trainer import TrainSettings, make_criterion, make_optimizer
-from shared import floor_vote, metrics, splits
+from shared import floor_vote, metrics, secure_sum, splits
 from shared.config import RunConfig
 from shared.evaluation import sampled_ranks
 from shared.interactions import InteractionData
 from shared.models.base import is_local
 from shared.row_selection import COUNTS, is_item_table, row_contributions, selected_rows
 from shared.secret_random import SecretRandomness
-from shared.secure_sum import encoded_sensitivity
 
 FREQUENCY = "frequency"
 GRADIENT = "gradient"
@@ -135,12 +134,7 @@ def gradient_release(model: torch.nn.Module, data: InteractionData, s: TrainSett
 
 def vote_sensitivity(plan: DPPlan, cfg: RunConfig) -> float:
     """L2 sensitivity of the floor vote (SecAgg+ rounding included under distributed noise)."""
-    if plan.noise != "distributed":
-        return floor_vote.sensitivity()
-    from client.privacy.plan import sampled_nodes
-
-    return encoded_sensitivity(floor_vote.sensitivity(), len(floor_vote.WEIGHTS) - 1, cfg.transport.secagg_max_users,
-                               sampled_nodes(cfg))
+    return secure_sum.vote_sensitivity(plan.noise, cfg)
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from shared.accounting import plan_noise
 from shared.config import RunConfig
 from shared.datasets import load_tables
 from shared.evaluation import evaluate_ranking
+from shared.floor_vote import item_biases
 from shared.interactions import InteractionData
 from shared.models import build_model, init_items_from_metadata
 from shared.prepared import genre_matrix
@@ -61,8 +62,7 @@ def floor_point(kind: str, eps: float, values: dict[str, Any], work: Path) -> di
             model.item_bias.weight[:, 0] = torch.from_numpy(counts.astype(np.float32))
         else:
             init_items_from_metadata(model, genre_matrix(tables), seed=cfg.seed)
-            log_counts = np.log1p(np.clip(counts, 0, None))
-            model.item_bias.weight[:, 0] = torch.from_numpy((log_counts - log_counts.mean()).astype(np.float32))
+            model.item_bias.weight[:, 0] = torch.from_numpy(item_biases(counts).astype(np.float32))
     if kind == "genres":
         settings = TrainSettings.from_config(cfg)
         rng = np.random.default_rng(cfg.seed)
