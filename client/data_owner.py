@@ -62,7 +62,7 @@ def prepare_dataset(raw_path: Path, opts: PrepareOptions) -> dict:
     fixed_test = fixed_neg = None
     if opts.ncf_split is not None:
         fixed_test, fixed_neg = movielens.load_ncf_split(opts.ncf_split)
-    genres = movielens.load_item_genres(opts.item_metadata) if opts.item_metadata else None
+    genres = movielens.load_item_tags(opts.item_metadata) if opts.item_metadata else None
     catalog_items = read_catalog_items(opts.catalog_items) if opts.catalog_items else None
     dataset_id = uuid.uuid4().hex
     source = {"name": Path(raw_path).name, "format": opts.fmt, "dataset_id": dataset_id}

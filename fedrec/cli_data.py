@@ -64,7 +64,7 @@ def prepare_cmd(
         Path | None, typer.Option(help="Directory with NCF's test.rating.tsv / test.negative.tsv (ML-1M).")
     ] = None,
     item_metadata: Annotated[
-        Path | None, typer.Option(help="Public item metadata with genres (u.item or movies.dat).")
+        Path | None, typer.Option(help="Public item metadata (u.item or movies.dat): genres and release periods.")
     ] = None,
     catalog_items: Annotated[
         Path | None, typer.Option(help="The federation's item list (u.item, movies.dat or one id per line): "

@@ -42,10 +42,11 @@ ROUNDS = "rounds"
 STATE = "dp-release"  # key of the release state in the checkpoint's strategy state
 BIAS = "item_bias.weight"
 # The recipe's rounds: with rho = epsilon * q * N (N the DP user count), one round per RHO_PER_ROUND, capped by
-# federation.rounds; below dp.floor-below (default 10,000) no model is trained and the floor model (DP item biases
-# on public genre vectors, users fitted locally) is released. Measured (docs/reference/results.md): ML-1M 10 silos
-# at rho ~6,000 (epsilon 1) training gave HR@10 0.34, the floor 0.43; the synthetic default at rho ~7,500 trained
-# to 0.59, the floor 0.58; ML-1M at rho ~12,000 (epsilon 2) trained to 0.50, above the floor.
+# federation.rounds; below dp.floor-below (default 20,000) no model is trained and the floor model (DP item biases
+# on public tag vectors, users fitted locally, the floor vote's user weight) is released. Measured 2026-12-08
+# (docs/reference/results.md, ML-1M 10 silos, central noise, test HR@10 / full-rank): at rho ~12,000 (epsilon 2)
+# trained 0.515 / 0.057, the floor 0.575 / 0.061; at rho ~24,000 (epsilon 4) trained 0.577 / 0.057, the floor
+# 0.574 / 0.060 (a tie); at rho ~48,000 (epsilon 8) training wins (0.613 against the floor's 0.52 earlier).
 RHO_PER_ROUND = 1000.0
 
 
@@ -173,7 +174,7 @@ class ReleaseRun(FederatedRun):
                  len(report.accepted), self.releases.users, self.releases.rounds)
         if self.releases.rounds == 0:  # too little data to train at this epsilon: the rest goes to the counts
             log.info("[fedrec] too little data for this epsilon: the rest of the budget goes to a second release of "
-                     "the item counts and the floor model (public genre vectors, DP item biases) is released")
+                     "the item counts and the floor model (public tag vectors, DP item biases) is released")
             again, report2, z2 = self._sum(0, arrays, reference, {**config, "final": True})
             self._central_noise(again, z2, math.sqrt(self.cfg.dp.frequency_cap + 1))
             self._log_ledgers(0, report2)
@@ -285,7 +286,7 @@ def _save_npy(path: Path, values: np.ndarray) -> None:
 
 
 def _floor_output_layer(arrays: dict[str, np.ndarray], dim: int) -> None:
-    """The floor model's score is ``u . v + bias`` (public genre vectors, locally fitted users, DP biases).
+    """The floor model's score is ``u . v + bias`` (public tag vectors, locally fitted users, DP biases).
 
     GMF starts that way; NeuMF's fused layer starts random, so its GMF part becomes the plain dot product and its
     untrained MLP tower is switched off; the MLP model (no dot product) ranks by the DP biases alone. Public

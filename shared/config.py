@@ -75,8 +75,8 @@ class ModelConfig:
         "none", "`dual` (PFedRec): each node also keeps its own offset of the shared model from its last local "
         "training (item rows it touched, dense layers) and evaluates and serves with global + offset; never sent.",
         choices=("none", "dual"))
-    item_init: str = opt("auto", "Item vectors from public genres, random, or `auto` (genres when the data has "
-                         "them).", choices=("auto", "random", "genres"))
+    item_init: str = opt("auto", "Item vectors from public item tags (MovieLens: genres and release period), "
+                         "random, or `auto` (the tags when the data has them).", choices=("auto", "random", "genres"))
 
 
 @dataclass(frozen=True)
@@ -185,14 +185,14 @@ class DPConfig:
     frequency_cap: int = opt(50, "Items counted per user in the DP item counts.", unit="items", lo=1)
     train_min_count: float = opt(0.0, "Train only items with at least this DP count (others keep their public "
                                  "vectors). Not set (0): all.", unit="users", lo=0)
-    floor_below: float = opt(10_000.0, "sgd, als: with rho = epsilon x q x (DP user count) below this, no model is "
-                             "trained and the floor model (public genre vectors, DP item biases) is released; above "
+    floor_below: float = opt(20_000.0, "sgd, als: with rho = epsilon x q x (DP user count) below this, no model is "
+                             "trained and the floor model (public tag vectors, DP item biases) is released; above "
                              "it, round(rho / 1000) training rounds (at most `federation.rounds`). Public: costs no "
                              "budget.", unit="rho", lo=0)
     floor_vote_share: float = opt(0.1, "sgd, als: when the floor model is released, share of the budget on a DP "
                                   "validation vote that picks how far its locally fitted user rows count "
                                   "(shared.floor_vote; 0 picks nothing: the rows count fully).", lo=0, hi=0.5)
-    floor_vote_margin: float = opt(2.0, "sgd, als: the floor vote serves a user weight only if its noisy lead over DP "
+    floor_vote_margin: float = opt(3.0, "sgd, als: the floor vote serves a user weight only if its noisy lead over DP "
                                    "popularity exceeds this many of the vote's noise stds (else popularity: the "
                                    "biases alone). Public, post-processing: costs no budget.", unit="noise std", lo=0)
     row_threshold: float = opt(0.0, "sgd: DP row selection (DP-AdaFEST): each round only item rows whose noisy "

@@ -64,13 +64,18 @@ def data_dir() -> Path:
     return Path.cwd().parent / "shared" / "data"
 
 
+# what prepare_movielens writes, in the cache directory's name: a change to it (2: release-period tags beside the
+# genres) prepares the dataset again instead of reading an older cached copy
+PREPARED_VERSION = 2
+
+
 def prepared_movielens(name: str) -> Path:
     """The prepared directory of a MovieLens dataset, preparing it on first use (process-safe)."""
     from shared.movielens import prepare_movielens
 
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    out = root / "datasets" / name
+    out = root / "datasets" / f"{name}-v{PREPARED_VERSION}"
     with open(root / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (out / "manifest.json").exists():

@@ -1,9 +1,10 @@
 """The DP validation vote that picks the floor model's user weight.
 
-The floor model scores ``a * (u . v) + b``: public genre vectors ``v``, DP item biases ``b``, user rows ``u``
-fitted locally and noise-free to convergence at ``a = 1``. Fitted that way the rows overshoot: measured on
-the frequency release of ML-1M (10 silos) at epsilon 1, test HR@10 was 0.458 at ``a = 0`` (DP popularity),
-0.531 at 0.5 and 0.491 at 1; on ML-100K with one user per node 0.406 / 0.391 / 0.332 (best 0.410 at 0.25).
+The floor model scores ``a * (u . v) + b``: public tag vectors ``v`` (genres, release periods), DP item biases
+``b``, user rows ``u`` fitted locally and noise-free to convergence at ``a = 1``. Fitted that way the rows
+overshoot: measured on the frequency release of ML-1M (10 silos) at epsilon 1 (genre vectors), test HR@10 was
+0.458 at ``a = 0`` (DP popularity), 0.531 at 0.5 and 0.491 at 1; on ML-100K with one user per node 0.406 /
+0.391 / 0.332 (best 0.410 at 0.25).
 Which ``a`` is best depends on the data, so the nodes vote on their validation items, with accounted noise.
 
 Each user with a validation item contributes ``h(a_j) - h(0)`` for every candidate ``a_j > 0``, ``h`` its

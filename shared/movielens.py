@@ -1,4 +1,4 @@
-"""MovieLens side files: NCF's published ML-1M test split, item titles and genres.
+"""MovieLens side files: NCF's published ML-1M test split, item titles, genres and release periods.
 
 Same error contract as :mod:`shared.loaders`: every problem is a
 :class:`DataError` naming the file, line and field.
@@ -6,6 +6,8 @@ Same error contract as :mod:`shared.loaders`: every problem is a
 
 from __future__ import annotations
 
+import re
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +135,40 @@ def load_item_genres(path: PathArg) -> dict[str, list[str]]:
     return {mid: genres for mid, _, genres in _movies(path)}
 
 
+PERIOD_BINS = 12  # release periods: the catalog's years cut into this many bins of (about) equal item count
+_YEAR = re.compile(r"\((\d{4})\)\s*$")
+
+
+def release_year(title: str) -> int | None:
+    """The year MovieLens writes at the end of a title (``"Toy Story (1995)"``), or None."""
+    match = _YEAR.search(title.strip())
+    return int(match.group(1)) if match else None
+
+
+def period_tags(years: list[int | None], bins: int = PERIOD_BINS) -> list[str | None]:
+    """One release-period tag per item: the catalog's years cut at their quantiles into ``bins`` bins of about
+    equal item count (fewer where years repeat), e.g. ``"released 1995"`` or ``"released 1983-1987"``.
+
+    Reads the catalog only (public metadata, no interactions); items without a year get None.
+    """
+    known = np.array([y for y in years if y is not None])
+    if not len(known):
+        return [None] * len(years)
+    edges = np.unique(np.quantile(known, np.linspace(0, 1, bins + 1)[1:-1], method="higher"))
+    bounds = [int(known.min()), *edges.astype(int).tolist(), int(known.max()) + 1]
+    labels = [f"released {lo}" if hi - lo == 1 else f"released {lo}-{hi - 1}" for lo, hi in pairwise(bounds)]
+    return [None if y is None else labels[int(np.searchsorted(edges, y, side="right"))] for y in years]
+
+
+def load_item_tags(path: PathArg) -> dict[str, list[str]]:
+    """Item id -> public tags: its genres and its release period (:func:`period_tags`), from ML-100K ``u.item``
+    or ML-1M ``movies.dat``. The item features of genre initialisation and of the floor model."""
+    movies = _movies(path)
+    periods = period_tags([release_year(title) for _, title, _ in movies])
+    pairs = zip(movies, periods, strict=True)
+    return {mid: [*genres, *([period] if period else [])] for (mid, _, genres), period in pairs}
+
+
 # --- prepared MovieLens datasets for simulations and benchmarks -------------------------------
 SOURCES = ("ml-100k", "ml-1m")
 
@@ -163,7 +199,7 @@ def prepare_movielens(name: str, data_dir: PathArg, out: PathArg, keys_dir: Path
     raw = loaders.load_interactions(raw_path, fmt=name)
     fixed_test, fixed_neg = load_ncf_split(ncf) if ncf is not None else (None, None)
     tables = prepared.prepare(raw, keys, seed=seed, source={"name": name, "format": name, "dataset_id": name},
-                              fixed_test=fixed_test, fixed_negatives=fixed_neg, item_genres=load_item_genres(items))
+                              fixed_test=fixed_test, fixed_negatives=fixed_neg, item_genres=load_item_tags(items))
     tables.manifest["reid_binding"] = f"{name}:{tables.catalog.content_hash}"
     prepared.write(tables, out, overwrite=True)
     assert tables.reid is not None

@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from shared.errors import DataError
 from shared.loaders import MAX_TIMESTAMP, ColumnMapping, load_interactions
-from shared.movielens import load_item_genres, load_item_titles, load_ncf_split
+from shared.movielens import (
+    load_item_genres,
+    load_item_tags,
+    load_item_titles,
+    load_ncf_split,
+    period_tags,
+    release_year,
+)
 from shared.schema import COLUMNS, DuplicatePolicy
 from tests.support import need
 
@@ -423,6 +430,21 @@ def test_item_titles_and_genres(tmp_path: Path) -> None:
     }
     assert load_item_titles(movies) == {"1": "Toy Story (1995)", "2": "Café (1999)", "3": "No Genre (2000)"}
     assert load_item_genres(movies) == {"1": ["Animation", "Children's", "Comedy"], "2": ["Drama"], "3": []}
+    # the public tags: genres and the release period (the catalog's years in bins of about equal item count)
+    assert load_item_tags(movies) == {"1": ["Animation", "Children's", "Comedy", "released 1995-1998"],
+                                      "2": ["Drama", "released 1999"], "3": ["released 2000"]}
+    assert release_year("Toy Story (1995) ") == 1995 and release_year("Untitled") is None
+
+
+@given(st.lists(st.one_of(st.none(), st.integers(1890, 2030)), max_size=60), st.integers(1, 20))
+def test_period_tags_cover_each_year_once_in_at_most_bins_periods(years, bins) -> None:
+    tags = period_tags(years, bins)
+    assert [t is None for t in tags] == [y is None for y in years]
+    assert len({t for t in tags if t}) <= bins
+    for year, tag in zip(years, tags, strict=True):
+        if year is not None:  # "released 1995" or "released 1983-1987", and the year is inside it
+            lo, _, hi = tag.removeprefix("released ").partition("-")
+            assert int(lo) <= year <= int(hi or lo)
 
 
 @pytest.mark.parametrize(
@@ -439,7 +461,7 @@ def test_item_titles_and_genres(tmp_path: Path) -> None:
 )
 def test_item_file_errors(tmp_path: Path, name: str, content: str, line: int | None, field: str | None) -> None:
     path = write(tmp_path, name, content.encode("latin-1"))
-    for load in (load_item_titles, load_item_genres):
+    for load in (load_item_titles, load_item_genres, load_item_tags):
         with pytest.raises(DataError) as e:
             load(path)
         assert (e.value.source, e.value.line, e.value.field) == (str(path), line, field), str(e.value)

@@ -14,7 +14,7 @@ clipped-gradient sum per round, the coordinator steps the model; the noise is ad
 silo / by the coordinator / as shares under SecAgg+), ``als-central`` / ``als-distributed``
 (DP alternating least squares from noisy per-item sufficient statistics). Floors:
 ``popularity`` (items ranked by DP counts: the whole budget on one frequency release) and
-``genres`` (public genre item vectors plus the DP item bias, user vectors fitted locally).
+``genres`` (public tag item vectors: genres and release periods plus the DP item bias, user vectors fitted locally).
 ``--scenario ml100k-cross-device`` runs the same curves with one user per node (943 nodes, all every round):
 there a node is a user, so each noisy sum is DP-FedSGD over users, accounted per node over the rounds it takes
 part in. Writes JSON (one object per point) and a PNG of all curves beside it.
