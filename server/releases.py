@@ -45,8 +45,8 @@ BIAS = "item_bias.weight"
 # federation.rounds; below dp.floor-below (default 20,000) no model is trained and the floor model (DP item biases
 # on public tag vectors, users fitted locally, the floor vote's user weight) is released. Measured 2026-12-08
 # (docs/reference/results.md, ML-1M 10 silos, central noise, test HR@10 / full-rank): at rho ~12,000 (epsilon 2)
-# trained 0.515 / 0.057, the floor 0.575 / 0.061; at rho ~24,000 (epsilon 4) trained 0.577 / 0.057, the floor
-# 0.574 / 0.060 (a tie); at rho ~48,000 (epsilon 8) training wins (0.613 against the floor's 0.52 earlier).
+# trained 0.515 / 0.057, the floor 0.575 / 0.061; at rho ~24,000 (epsilon 4) trained 0.576 / 0.058, the floor
+# 0.574 / 0.060 (a tie); at rho ~48,000 (epsilon 8) training (0.610 / 0.064) is above the floor at epsilon 4.
 RHO_PER_ROUND = 1000.0
 
 
