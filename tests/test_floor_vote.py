@@ -98,3 +98,11 @@ def test_the_floor_rows_are_fitted_at_weight_one_whatever_the_weight_voted(node)
     assert all(torch.equal(at_one[k], at_half[k]) for k in at_one)
     assert floor_vote.unit_weight({"out.weight": torch.tensor([[0.25, 0.25, 0.0]])})["out.weight"].tolist() == \
         [[1.0, 1.0, 0.0]]
+
+
+def test_a_small_node_fits_for_enough_steps_and_a_silo_for_the_usual_passes():
+    from client.node import FIT_EPOCHS, FIT_STEPS, fit_passes
+
+    assert fit_passes(100_000, 256) == FIT_EPOCHS  # an ML-1M silo: ~390 steps a pass
+    assert fit_passes(100, 256) == FIT_STEPS  # one user: a pass is one step
+    assert fit_passes(300, 256) == FIT_STEPS // 2 and fit_passes(0, 256) == FIT_STEPS
