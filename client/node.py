@@ -26,6 +26,7 @@ from shared.floor_vote import unit_weight
 from shared.interactions import InteractionData
 from shared.models import build_model, global_state, local_state, merge_state
 from shared.secret_random import SecretRandomness
+from shared.secure_sum import vote_sensitivity
 from shared.seeding import numpy_rng, torch_seed
 
 Tensors = OrderedDict[str, torch.Tensor]
@@ -54,8 +55,8 @@ def refit_user_rows(model: torch.nn.Module, cfg: RunConfig, data: InteractionDat
 # served 0.562 (docs/reference/results.md).
 # A small node (one user: a pass is one Adam step) gets at least FIT_STEPS steps (fit_passes): ML-100K, one user per
 # node, epsilon 8, 50 steps left the rows under-fitted (the DP vote kept popularity, test HR@10 0.444); 200 steps:
-# the vote served a = 0.75, 0.494 (full-rank 0.073 against popularity's 0.084). 1,000 steps took over 10 minutes
-# for 943 nodes in one process (a second or so on a device).
+# the vote served a = 0.75, 0.494 (full-rank 0.073 against popularity's 0.084); the 943 fits took 3 min 21 s in one
+# process (0.21 s a node; 50 steps: 1-2 min). 1,000 steps took over 10 minutes and was stopped.
 FIT_EPOCHS = 50
 FIT_STEPS = 200
 FIT_TOL = 1e-3
@@ -174,7 +175,6 @@ class LocalNode:
             frequency_sensitivity,
             gradient_release,
             vote_release,
-            vote_sensitivity,
         )
 
         randomness = SecretRandomness.fresh()
@@ -185,7 +185,7 @@ class LocalNode:
         if kind == floor_vote.VOTE:  # the rows fitted here are the ones the node then evaluates and serves with
             rows = self.fit_users(global_part)
             votes = vote_release(self.model(unit_weight(global_part), rows), self.data, plan, self.cfg, randomness)
-            return OrderedDict({floor_vote.VOTE: votes}), rows | offsets, vote_sensitivity(plan, self.cfg)
+            return OrderedDict({floor_vote.VOTE: votes}), rows | offsets, vote_sensitivity(plan.noise, self.cfg)
         model = self.model(global_part, local_part)
         if kind == "als":
             table = next(k for k in global_part if k.startswith("item_emb."))

@@ -2,8 +2,9 @@
 
 Round 0 is the DP item-frequency release: the summed noisy counts give DP popularity (kept in
 the run directory, ``dp_item_counts.npy``: the private floor), the DP user count ``N`` and the
-item biases' starting point ``log(1 + count) - mean``; when the recipe trains nothing, a second count release
-and the floor vote (:mod:`shared.floor_vote`) follow, and the floor model is served at the user weight voted.
+item biases' starting point (``shared.floor_vote.item_biases``: sign(c) log(1 + |c|), centred); when the
+recipe trains nothing, a second count release and the floor vote (:mod:`shared.floor_vote`) follow, and the
+floor model is served at the user weight voted.
 Every round after is one DP-SGD step:
 the nodes' clipped-gradient sums, summed over nodes (in the clear, or by SecAgg+ through
 :class:`server.secagg.SecAggReleases`), plus the coordinator's noise under ``dp.noise =

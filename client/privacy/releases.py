@@ -132,11 +132,6 @@ def gradient_release(model: torch.nn.Module, data: InteractionData, s: TrainSett
     return out
 
 
-def vote_sensitivity(plan: DPPlan, cfg: RunConfig) -> float:
-    """L2 sensitivity of the floor vote (SecAgg+ rounding included under distributed noise)."""
-    return secure_sum.vote_sensitivity(plan.noise, cfg)
-
-
 @torch.no_grad()
 def vote_release(model: torch.nn.Module, data: InteractionData, plan: DPPlan, cfg: RunConfig,
                  randomness: SecretRandomness) -> torch.Tensor:
@@ -152,4 +147,4 @@ def vote_release(model: torch.nn.Module, data: InteractionData, plan: DPPlan, cf
         hits.append(metrics.hit_rate(sampled_ranks(model, data, splits.VAL), cfg.eval.top_k))
     model.out.weight.copy_(unit)
     sums = torch.from_numpy(floor_vote.contribution(np.stack(hits, axis=1)))
-    return add_share(sums, plan.vote_multiplier * vote_sensitivity(plan, cfg), plan, randomness)
+    return add_share(sums, plan.vote_multiplier * secure_sum.vote_sensitivity(plan.noise, cfg), plan, randomness)
