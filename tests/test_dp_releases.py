@@ -235,8 +235,8 @@ def test_too_little_data_for_the_budget_releases_the_floor_model_with_the_whole_
     """rho = epsilon * q * N below the threshold: no training round; the rest of the budget re-releases the item
     counts and votes on the floor model's user weight, the floor model (genre vectors, DP item biases) is
     evaluated at the weight voted and the run spends exactly its budget."""
-    summary = run(tmp_path, **{"dp.noise": "central", "data.synthetic-users": 90, "dp.target-epsilon": 2.0})
-    assert RunConfig.from_mapping(SMALL).dp.floor_below > 2.0 * 90 and summary.rounds_run == 0
+    summary = run(tmp_path, **{"dp.noise": "central", "data.synthetic-users": 300, "dp.target-epsilon": 2.0})
+    assert RunConfig.from_mapping(SMALL).dp.floor_below > 2.0 * 300 and summary.rounds_run == 0
     entries = read_jsonl(tmp_path / "run" / NAME)
     assert [e["mechanism"] for e in entries].count(VOTE) == 3 and {e["round"] for e in entries} == {0}
     assert {e["mechanism"] for e in entries} == {"frequency", VOTE} and len(entries) == 9
@@ -249,7 +249,9 @@ def test_too_little_data_for_the_budget_releases_the_floor_model_with_the_whole_
     assert vote["noise_multiplier"] == pytest.approx(plan_noise(0.2, entries[0]["delta"], 1.0, 1, "prv"))
     served = load_model_payload(tmp_path / "run" / "model.pt")["global"]["out.weight"]
     assert np.unique(np.asarray(served)).tolist() == [vote["weight"]]  # the weight voted is the one served
-    assert summary.test is not None and summary.test["hr10"] > 0.15  # the floor, not a random ranking (0.10)
+    # the floor, not a random ranking (0.10, std 0.017 over 300 users): measured 0.29-0.42 in 5 runs (fresh noise);
+    # with 90 users it ranged 0.14-0.31 (0.144 failed a clean-clone .ci/run)
+    assert summary.test is not None and summary.test["hr10"] > 0.15
     assert CliRunner().invoke(app, ["audit", str(tmp_path / "run" / NAME)]).exit_code == 0
 
 
