@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from client import personal
@@ -66,6 +67,14 @@ FIT_LR = 0.05
 def fit_passes(n_train: int, batch_size: int) -> int:
     """The cap on the floor fit's passes: FIT_EPOCHS, or enough passes for FIT_STEPS Adam steps on a small node."""
     return max(FIT_EPOCHS, math.ceil(FIT_STEPS / max(1, math.ceil(n_train / batch_size))))
+
+
+def fit_floor_rows(model: torch.nn.Module, data: InteractionData, settings: TrainSettings,
+                   rng: np.random.Generator) -> int:
+    """The floor fit: ``model``'s user rows trained on ``data`` (global part frozen, noise-free) at FIT_LR until the
+    FIT_TOL rule stops them, at most :func:`fit_passes` passes. Returns the passes run."""
+    return train_user_rows(model, data, settings, epochs=fit_passes(data.n_train, settings.batch_size), lr=FIT_LR,
+                           rng=rng, tol=FIT_TOL)
 
 
 @dataclass(frozen=True)
@@ -204,8 +213,7 @@ class LocalNode:
         """User rows fitted locally and noise-free, to convergence, to a global part they never trained with
         (a floor model), at user weight 1 whatever weight the floor vote gave it (:mod:`shared.floor_vote`)."""
         model = self.model(unit_weight(global_part), None)
-        train_user_rows(model, self.data, self.settings, epochs=fit_passes(self.data.n_train, self.settings.batch_size),
-                        lr=FIT_LR, rng=numpy_rng(self.cfg.seed, "fit-users", self.node_key), tol=FIT_TOL)
+        fit_floor_rows(model, self.data, self.settings, numpy_rng(self.cfg.seed, "fit-users", self.node_key))
         return local_state(model)
 
     def evaluate(

@@ -10,8 +10,7 @@ release in one process.
 - ``popularity``: every user gets the items with the highest DP counts (seen items excluded).
 - ``genres``: GMF whose item vectors are the public tag initialisation (genres and release periods) and whose
   item biases are ``shared.floor_vote.item_biases`` of the DP counts, with ``h = 1``; each user's vector is
-  fitted locally and noise-free to its own interactions at ``client.node.FIT_LR``, to convergence by the rule a
-  node uses (``client.node.FIT_TOL``, at most ``FIT_EPOCHS`` passes).
+  fitted locally and noise-free to its own interactions by the fit a node runs (``client.node.fit_floor_rows``).
 """
 
 from __future__ import annotations
@@ -24,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from client.node import FIT_EPOCHS, FIT_LR, FIT_TOL
+from client.node import fit_floor_rows
 from client.privacy.plan import DPPlan
 from client.privacy.releases import frequency_release
-from client.trainer import TrainSettings, train_user_rows
+from client.trainer import TrainSettings
 from shared.accounting import epsilon as account
 from shared.accounting import plan_noise
 from shared.config import RunConfig
@@ -69,7 +68,7 @@ def floor_point(kind: str, eps: float, values: dict[str, Any], work: Path) -> di
         with torch.no_grad():
             for table in model.user_emb.values():
                 table.weight.normal_(0.0, 0.01)
-        train_user_rows(model, data, settings, epochs=FIT_EPOCHS, lr=FIT_LR, rng=rng, tol=FIT_TOL)
+        fit_floor_rows(model, data, settings, rng)
     test = evaluate_ranking(model, data, "test", k=cfg.eval.top_k, full_rank=True).means(cfg.eval.top_k)
     return {
         "unit": "user", "mechanism": kind, "epsilon": account([(z, 1.0, 1)], cfg.dp.delta, cfg.dp.accountant),

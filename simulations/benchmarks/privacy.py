@@ -38,7 +38,7 @@ from simulations.benchmarks.floors import floor_point
 
 # 8 sampled negatives per positive for every point, the non-private reference included: measured 2026-12-08,
 # sgd-central epsilon 8, test HR@10 / full-rank 0.6185 / 0.0704 with 8 against 0.6098 / 0.0642 with 4 (one run
-# each); the centralized models gain ~0.01 from 8 as well (docs/reference/results.md)
+# each); the non-private reference 0.6969 / 0.0887 with 8 against 0.7017 / 0.0858 with 4 (docs/reference/results.md)
 BASE = {"data.path": "movielens:ml-1m", "data.partitioner": "silos", "data.partitions": 10,
         "federation.min-nodes": 10, "model.name": "gmf", "model.embedding-dim": 32, "model.item-init": "genres",
         "model.item-bias": True, "train.negatives": 8, "train.user-epochs": 1, "train.user-lr": 0.01,
