@@ -90,7 +90,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         local = node.fit_users(global_part)
         store.save_local(local, fingerprint, int(config.get("server-round", 0)))
     sums = node.evaluate(global_part, local, roles, full_rank=bool(config.get("full-rank", True)),
-                         server_round=int(config.get("server-round", 0)))
+                         server_round=int(config.get("server-round", 0)), floor=bool(config.get("floor", False)))
     sums["num-examples"] = int(sums.get(f"{roles[0]}-count", 0))
     sums["node-weight"] = 1
     return Message(RecordDict({"metrics": MetricRecord(sums)}), reply_to=msg)

@@ -218,15 +218,17 @@ class LocalNode:
 
     def evaluate(
         self, global_part: dict[str, torch.Tensor], local_part: dict[str, torch.Tensor] | None, roles: list[str],
-        *, full_rank: bool, server_round: int = 0,
+        *, full_rank: bool, server_round: int = 0, floor: bool = False,
     ) -> dict[str, float]:
         """Additive evaluation sums per role, keyed ``<role>-<stat>``.
 
         With ``eval.user-epochs`` the user rows are first refitted to ``global_part`` (noise-free, global part
-        frozen) on this copy of the model only: the node's stored embeddings do not change.
+        frozen) on this copy of the model only: the node's stored embeddings do not change. DP-ALS solves the
+        user factors exactly against the received items, except for the ``floor`` model (its rows are the
+        node's fitted ones, :meth:`fit_users`).
         """
         model = self.model(global_part, local_part, personal_view=True)
-        if self.cfg.dp.enabled and self.cfg.dp.mechanism == "als":  # the exact local solve against the received items
+        if self.cfg.dp.enabled and self.cfg.dp.mechanism == "als" and not floor:  # exact solve, received items
             from client.privacy.als import solve_users
 
             table = next(k for k in global_part if k.startswith("item_emb."))

@@ -110,7 +110,8 @@ def recipe_line(cfg) -> str:
              f"model, no training), "
              f"server momentum SGD lr {cfg.dp.server_lr:g}, {cfg.dp.frequency_share:.0%} of epsilon on DP item "
              f"counts" if cfg.dp.mechanism == "sgd" else
-             f"{cfg.federation.rounds} passes, {cfg.dp.max_interactions} items per user, "
+             f"{cfg.federation.rounds} passes (below rho = epsilon x DP user count {cfg.dp.als_floor_below:g}: the "
+             f"floor model, no pass), {cfg.dp.max_interactions} items per user, "
              f"{cfg.dp.frequency_share:.0%} of epsilon on DP item counts" if cfg.dp.mechanism == "als" else
              f"q {cfg.dp.sample_rate:g}, clip {cfg.dp.clip_norm:g}, {cfg.federation.rounds} rounds x "
              f"{cfg.train.local_epochs} local epoch(s)")

@@ -6,7 +6,9 @@ noise itself under ``dp.noise = central``) and solves every item with a DP count
 ``dp.train-min-count``: ``v_i = (PSD(G_i) + alpha G + (l2 + 6 sigma sqrt(d)) I)^-1 r_i``. The
 noisy Gram is projected onto the PSD cone and the ridge grows with the noise std ``sigma`` so
 that noise cannot make the solve explode; items below the count keep their public (genre)
-vectors. The model is GMF with ``h = 1`` and no bias: the score is ``u . v``. All of it is
+vectors. The model is GMF with ``h = 1`` and no offset: the score is ``u . v`` (with ``model.item-bias`` the
+bias table stays 0 in the passes). Below ``dp.als-floor-below`` no pass runs and the floor model of
+:mod:`server.releases` (DP item biases on public tag vectors) is served instead. All of it is
 post-processing of the releases.
 """
 
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
+from server.releases import BIAS
 from shared.als_stats import GLOBAL, GRAM, RHS, als_sensitivity, triangle
 
 log = logging.getLogger("flwr")
@@ -55,9 +58,13 @@ class ALSRounds:
 
     def _before_rounds(self, arrays: ArrayRecord, catalog_hash: str, run_key: str) -> ArrayRecord:
         arrays = super()._before_rounds(arrays, catalog_hash, run_key)
+        if self.releases.rounds == 0:  # the floor model (DP item biases, the vote's user weight): no pass
+            return arrays
         out = {k: a.numpy().copy() for k, a in arrays.items()}
         out["out.weight"][:] = 1.0  # GMF's h = 1 and no offset: the score is the dot product u . v
         out["out.bias"][:] = 0.0
+        if BIAS in out:  # the passes fit u . v (fixed iALS intercepts from the DP counts measured no better)
+            out[BIAS][:] = 0.0
         return ArrayRecord({k: torch.from_numpy(v) for k, v in out.items()})
 
     def _train_round(self, rnd: int, arrays: ArrayRecord, catalog_hash: str, run_key: str):

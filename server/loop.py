@@ -233,7 +233,7 @@ class FederatedRun:
                         record: dict[str, Any]) -> None:
         cfg = self.cfg
         config = ConfigRecord({"run-key": ck.run_key, "catalog-hash": catalog_hash, "roles": ",".join(ROLES),
-                               "full-rank": cfg.eval.full_rank})
+                               "full-rank": cfg.eval.full_rank, "floor": self._last_round() == 0})
         messages = self.strategy.configure_evaluate(rnd, arrays, config, self.grid)
         replies = list(self.grid.send_and_receive(messages, timeout=cfg.federation.round_timeout))
         sums = self.strategy.aggregate_evaluate(rnd, replies) or {}
@@ -274,7 +274,7 @@ class FederatedRun:
         """
         arrays = ArrayRecord({k: torch.from_numpy(np.array(v)) for k, v in best.items()})
         config = ConfigRecord({"run-key": ck.run_key, "catalog-hash": self.catalog_hash, "roles": "test",
-                               "full-rank": True})
+                               "full-rank": True, "floor": self._last_round() == 0})
         messages = self.strategy.configure_evaluate(ck.round + 1, arrays, config, self.grid)
         replies = list(self.grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout))
         means = role_means(self.strategy.aggregate_evaluate(ck.round + 1, replies) or {}, "test", self.cfg.eval.top_k,

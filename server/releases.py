@@ -53,11 +53,11 @@ RHO_PER_ROUND = 1000.0
 
 def training_rounds(cfg: RunConfig, users: float) -> int:
     """Rounds to train, from public settings and the DP user count only (no privacy cost)."""
+    if cfg.dp.mechanism == "als":  # a pass uses every user (q = 1); its own threshold (dp.als-floor-below)
+        return 0 if cfg.dp.target_epsilon * users < cfg.dp.als_floor_below else cfg.federation.rounds
     rho = cfg.dp.target_epsilon * cfg.dp.sample_rate * users
     if rho < cfg.dp.floor_below:
         return 0
-    if cfg.dp.mechanism == "als":
-        return cfg.federation.rounds
     return int(min(cfg.federation.rounds, max(1, round(rho / RHO_PER_ROUND))))
 
 

@@ -21,7 +21,7 @@ from shared.accounting import plan_noise
 from shared.config import RunConfig
 from shared.datasets import synthetic_tables
 from shared.errors import ConfigError
-from shared.floor_vote import VOTE, WEIGHTS
+from shared.floor_vote import VOTE, WEIGHTS, item_biases
 from shared.interactions import InteractionData
 from shared.ledger import read_jsonl
 from shared.models import build_model
@@ -223,20 +223,28 @@ def test_als_statistics_without_noise_are_the_exact_sums_and_bounded_per_user(da
 
 
 def test_als_without_noise_learns_and_its_passes_audit_clean(tmp_path):
-    summary = run(tmp_path, **{"dp.mechanism": "als", "model.item-bias": False, "dp.noise": "central",
-                                "dp.target-epsilon": 50.0})
+    """Passes forced (dp.als-floor-below = 0; rho = 50 x ~450 users is below the default): the score is u . v, the
+    item-bias table stays 0 through the passes."""
+    summary = run(tmp_path, **{"dp.mechanism": "als", "dp.noise": "central", "dp.target-epsilon": 50.0,
+                                "dp.als-floor-below": 0.0})
     entries = read_jsonl(tmp_path / "run" / NAME)
-    assert {e["mechanism"] for e in entries} == {"frequency", "als"}
+    assert {e["mechanism"] for e in entries} == {"frequency", "als"} and summary.rounds_run == 3
     assert CliRunner().invoke(app, ["audit", str(tmp_path / "run" / NAME)]).exit_code == 0
     assert summary.test["hr10"] > 0.3  # well above a random ranking (0.1) after 3 passes
+    served = load_model_payload(tmp_path / "run" / "model.pt")["global"]
+    assert not np.any(np.asarray(served["item_bias.weight"])) and np.all(np.asarray(served["out.weight"]) == 1)
 
 
-def test_too_little_data_for_the_budget_releases_the_floor_model_with_the_whole_budget(tmp_path):
+@pytest.mark.parametrize("mechanism", ["sgd", "als"])
+def test_too_little_data_for_the_budget_releases_the_floor_model_with_the_whole_budget(tmp_path, mechanism):
     """rho = epsilon * q * N below the threshold: no training round; the rest of the budget re-releases the item
     counts and votes on the floor model's user weight, the floor model (genre vectors, DP item biases) is
-    evaluated at the weight voted and the run spends exactly its budget."""
-    summary = run(tmp_path, **{"dp.noise": "central", "data.synthetic-users": 300, "dp.target-epsilon": 2.0})
-    assert RunConfig.from_mapping(SMALL).dp.floor_below > 2.0 * 300 and summary.rounds_run == 0
+    evaluated at the weight voted and the run spends exactly its budget. The same floor for DP-ALS (its rows
+    the nodes' fitted ones, not an ALS solve against the genre vectors)."""
+    summary = run(tmp_path, **{"dp.noise": "central", "data.synthetic-users": 300, "dp.target-epsilon": 2.0,
+                                "dp.mechanism": mechanism})
+    small = RunConfig.from_mapping(SMALL).dp
+    assert min(small.floor_below, small.als_floor_below) > 2.0 * 300 and summary.rounds_run == 0
     entries = read_jsonl(tmp_path / "run" / NAME)
     assert [e["mechanism"] for e in entries].count(VOTE) == 3 and {e["round"] for e in entries} == {0}
     assert {e["mechanism"] for e in entries} == {"frequency", VOTE} and len(entries) == 9
@@ -247,8 +255,10 @@ def test_too_little_data_for_the_budget_releases_the_floor_model_with_the_whole_
     leads = [s if s > vote["margin"] * vote["noise_std"] else -np.inf for s in vote["noisy_sums"][1:]]
     assert vote["weight"] == (WEIGHTS[1 + int(np.argmax(leads))] if max(leads) > 0 else 0.0)
     assert vote["noise_multiplier"] == pytest.approx(plan_noise(0.2, entries[0]["delta"], 1.0, 1, "prv"))
-    served = load_model_payload(tmp_path / "run" / "model.pt")["global"]["out.weight"]
-    assert np.unique(np.asarray(served)).tolist() == [vote["weight"]]  # the weight voted is the one served
+    served = load_model_payload(tmp_path / "run" / "model.pt")["global"]
+    assert np.unique(np.asarray(served["out.weight"])).tolist() == [vote["weight"]]  # the weight voted is served
+    counts = np.load(tmp_path / "run" / "dp_item_counts.npy")
+    assert np.allclose(np.asarray(served["item_bias.weight"]).ravel(), item_biases(counts), atol=1e-6)
     # the floor, not a random ranking (0.10, std 0.017 over 300 users): measured 0.29-0.42 in 5 runs (fresh noise);
     # with 90 users it ranged 0.14-0.31 (0.144 failed a clean-clone .ci/run)
     assert summary.test is not None and summary.test["hr10"] > 0.15

@@ -12,7 +12,8 @@ Mechanisms: ``local-sgd`` (each silo runs DP-SGD on its own users and adds all t
 models are averaged), ``sgd-local`` / ``sgd-central`` / ``sgd-distributed`` (one noisy
 clipped-gradient sum per round, the coordinator steps the model; the noise is added by every
 silo / by the coordinator / as shares under SecAgg+), ``als-central`` / ``als-distributed``
-(DP alternating least squares from noisy per-item sufficient statistics). Floors:
+(DP alternating least squares from noisy per-item sufficient statistics, or the floor model below
+``dp.als-floor-below``; ``-passes``: the passes at every epsilon). Floors:
 ``popularity`` (items ranked by DP counts: the whole budget on one frequency release) and
 ``genres`` (public tag item vectors: genres and release periods plus the DP item bias, user vectors fitted locally).
 ``--scenario ml100k-cross-device`` runs the same curves with one user per node (943 nodes, all every round):
@@ -55,12 +56,15 @@ MECHANISMS: dict[str, dict[str, Any]] = {
     "sgd-local": {**RELEASE, "dp.noise": "local"},
     "sgd-central": {**RELEASE, "dp.noise": "central"},
     "sgd-distributed": {**RELEASE, "dp.noise": "distributed"},
-    # DP-ALS: 3 passes, 64 items per user, no item bias (the score is u . v)
-    "als-central": {"dp.mechanism": "als", "dp.noise": "central", "model.item-bias": False, "federation.rounds": 3,
+    # DP-ALS: 3 passes, 64 items per user (the score is u . v), or the floor model below dp.als-floor-below
+    "als-central": {"dp.mechanism": "als", "dp.noise": "central", "federation.rounds": 3,
                     "dp.frequency-share": 0.1, "eval.every": 1},
-    "als-distributed": {"dp.mechanism": "als", "dp.noise": "distributed", "model.item-bias": False,
-                        "federation.rounds": 3, "dp.frequency-share": 0.1, "eval.every": 1},
+    "als-distributed": {"dp.mechanism": "als", "dp.noise": "distributed", "federation.rounds": 3,
+                        "dp.frequency-share": 0.1, "eval.every": 1},
 }
+# the passes themselves at every epsilon (the recipe's fallback to the floor switched off): what DP-ALS trains
+MECHANISMS |= {f"{name}-passes": {**MECHANISMS[name], "dp.als-floor-below": 0.0}
+               for name in ("als-central", "als-distributed")}
 FLOORS = ("popularity", "genres")
 # where the federation runs: ML-1M in 10 silos (the benchmark), or one user per node on ML-100K (943 nodes,
 # every node every round as in the ml100k-cross-device preset): node = user, so the user-level guarantee is
