@@ -48,6 +48,9 @@ def make_private(
     """
     from opacus import PrivacyEngine  # imported on first DP use: keeps evaluation-only processes small
 
+    from client.privacy.norms import install
+
+    install()  # the per-sample norms of Linear and Embedding layers, computed with less work
     if noise_multiplier > 0 and randomness is None:
         raise ValueError("DP noise needs a secret randomness source")
     engine = PrivacyEngine(accountant="rdp")  # its accountant is unused: fedrec keeps the node's own account
