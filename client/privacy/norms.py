@@ -1,8 +1,9 @@
 """Per-sample gradient norms for Opacus's ghost clipping: the same values as Opacus 1.6's, with less work.
 
 One user unit is a sequence of T scored pairs (``dp.max-interactions`` positives with their negatives: T = 576 at
-64 x (1 + 8)), and on that shape Opacus's exact norm samplers dominate a DP release (measured on one ML-1M silo,
-``simulations/benchmarks/round_cost.py``: 2.6 of its 3.1 s):
+64 x (1 + 8)), and on that shape Opacus's exact norm samplers dominate a DP release (cProfile of one
+``LocalNode.release("gradient")`` on the node of ``simulations/benchmarks/round_cost.py``: 2.6 of its 3.1 s in
+Opacus's norm hooks, 1.1 s of the rest in the user-row pass):
 
 - ``nn.Linear``: the ghost norm builds two T x T Gram matrices per sample, O(T^2 (p + d)), where forming the
   per-sample gradient itself is O(T p d). :func:`linear_norm_sample` takes the cheaper of the two exact formulas
